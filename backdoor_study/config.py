@@ -1,0 +1,530 @@
+"""Structured-config schemas: the typed shape of every config group, registered with Hydra.
+
+Hydra merges the YAML files in ``conf/`` onto these dataclasses, so a wrong type fails at
+start-up naming the full key, and an unknown group option fails listing the available ones.
+Range and choice checks live in ``__post_init__`` and run when :func:`validate` converts the
+composed config to objects (``OmegaConf.to_object``), before anything is read or written.
+
+Adding a component is one dataclass here plus one YAML file under ``conf/<group>/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+CONF_DIR = next(
+    p
+    for p in (
+        Path(__file__).resolve().parent / "conf",
+        Path(__file__).resolve().parent.parent / "conf",
+    )
+    if p.is_dir()
+)
+
+
+class ConfigError(ValueError):
+    """A config value is out of range or not one of the valid choices."""
+
+
+def _require(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Subset(str, Enum):
+    dev = "dev"
+    full = "full"
+
+
+class PoisonSource(str, Enum):
+    dirty_label = "dirty_label"  # non-target samples, relabelled to the target
+    clean_label = "clean_label"  # target-class samples, labels unchanged
+
+
+# ---------------------------------------------------------------------------- data
+@dataclass
+class SplitConfig:
+    train: float = 0.7
+    val: float = 0.15
+    test: float = 0.15
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        for key in ("train", "val", "test"):
+            v = getattr(self, key)
+            _require(0.0 <= v < 1.0, f"data.split.{key}", v, "a fraction in [0, 1)")
+        _require(
+            self.train > 0 and self.val > 0,
+            "data.split",
+            (self.train, self.val),
+            "train and val fractions > 0",
+        )
+        total = self.train + self.val + self.test
+        _require(
+            abs(total - 1.0) < 1e-6,
+            "data.split",
+            (self.train, self.val, self.test),
+            f"fractions summing to 1 (got {total:.4f})",
+        )
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+
+@dataclass
+class SyntheticDataConfig(DataConfig):
+    name: str = "synthetic"
+    n_stays: int = 20000
+    n_steps: int = 48
+    prevalence: float = 0.12
+    seed: int = 2012
+    subset: Subset = Subset.dev
+    dev_size: int = 3000
+    data_dir: str = "${oc.env:BACKDOOR_STUDY_DATA_DIR,data}"
+
+    def __post_init__(self) -> None:
+        _require(self.n_stays >= 100, "data.n_stays", self.n_stays, "an integer >= 100")
+        _require(self.n_steps >= 1, "data.n_steps", self.n_steps, "an integer >= 1")
+        _require(
+            0.01 <= self.prevalence <= 0.5,
+            "data.prevalence",
+            self.prevalence,
+            "a fraction in [0.01, 0.5]",
+        )
+        _require(
+            100 <= self.dev_size <= self.n_stays,
+            "data.dev_size",
+            self.dev_size,
+            f"an integer in [100, data.n_stays={self.n_stays}]",
+        )
+
+
+PHYSIONET_SETS = ("a", "b")
+
+
+@dataclass
+class PhysioNet2012DataConfig(DataConfig):
+    name: str = "physionet2012"
+    root: str = "${oc.env:BACKDOOR_STUDY_PHYSIONET_DIR,../shared/data/physionet2012}"
+    train_sets: list[str] = field(default_factory=lambda: ["a"])
+    test_sets: list[str] = field(default_factory=list)
+    n_steps: int = 48
+    cache_dir: str = "${oc.env:BACKDOOR_STUDY_CACHE_DIR,data/cache}"
+
+    def __post_init__(self) -> None:
+        for key in ("train_sets", "test_sets"):
+            for s in getattr(self, key):
+                _require(
+                    s in PHYSIONET_SETS,
+                    f"data.{key}",
+                    list(getattr(self, key)),
+                    f"sets from {list(PHYSIONET_SETS)}",
+                )
+        _require(
+            len(self.train_sets) > 0, "data.train_sets", list(self.train_sets), "at least one set"
+        )
+        overlap = set(self.train_sets) & set(self.test_sets)
+        _require(
+            not overlap,
+            "data.test_sets",
+            list(self.test_sets),
+            f"sets not also in train_sets (overlap {sorted(overlap)})",
+        )
+
+
+SKLEARN_TABLES = ("iris", "breast_cancer", "wine", "digits")
+
+
+@dataclass
+class SklearnDataConfig(DataConfig):
+    name: str = "iris"
+
+    def __post_init__(self) -> None:
+        _require(
+            self.name in SKLEARN_TABLES, "data.name", self.name, f"one of {list(SKLEARN_TABLES)}"
+        )
+
+
+@dataclass
+class ParquetDataConfig(DataConfig):
+    """Any file in the canonical layout, e.g. a MIMIC-IV cohort from scripts/00_to_parquet.py."""
+
+    name: str = "parquet"
+    path: str = MISSING
+
+
+# ---------------------------------------------------------------------------- models
+@dataclass
+class ModelConfig:
+    _target_: str = MISSING
+    name: str = MISSING
+
+
+@dataclass
+class MLPConfig(ModelConfig):
+    _target_: str = "backdoor_study.models.mlp.MLP"
+    name: str = "mlp"
+    hidden_sizes: list[int] = field(default_factory=lambda: [128, 64])
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        _require(
+            len(self.hidden_sizes) >= 1 and min(self.hidden_sizes) >= 1,
+            "model.hidden_sizes",
+            list(self.hidden_sizes),
+            "a non-empty list of positive sizes",
+        )
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "a fraction in [0, 1)")
+
+
+@dataclass
+class LSTMConfig(ModelConfig):
+    _target_: str = "backdoor_study.models.lstm.LSTM"
+    name: str = "lstm"
+    hidden_size: int = 64
+    num_layers: int = 1
+    dropout: float = 0.1
+    bidirectional: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.hidden_size >= 1, "model.hidden_size", self.hidden_size, "an integer >= 1")
+        _require(self.num_layers >= 1, "model.num_layers", self.num_layers, "an integer >= 1")
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "a fraction in [0, 1)")
+
+
+@dataclass
+class TCNConfig(ModelConfig):
+    _target_: str = "backdoor_study.models.tcn.TCN"
+    name: str = "tcn"
+    channels: list[int] = field(default_factory=lambda: [32, 32, 32])
+    kernel_size: int = 3
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        _require(
+            len(self.channels) >= 1 and min(self.channels) >= 1,
+            "model.channels",
+            list(self.channels),
+            "a non-empty list of positive channel counts",
+        )
+        _require(self.kernel_size >= 2, "model.kernel_size", self.kernel_size, "an integer >= 2")
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "a fraction in [0, 1)")
+
+
+@dataclass
+class TabTransformerConfig(ModelConfig):
+    _target_: str = "backdoor_study.models.tabtransformer.TabTransformer"
+    name: str = "tabtransformer"
+    dim: int = 32
+    depth: int = 2
+    heads: int = 4
+    attn_dropout: float = 0.1
+    ff_dropout: float = 0.1
+    mlp_hidden: list[int] = field(default_factory=lambda: [64])
+
+    def __post_init__(self) -> None:
+        _require(
+            self.dim >= 1 and self.dim % self.heads == 0,
+            "model.dim",
+            self.dim,
+            f"a positive multiple of model.heads={self.heads}",
+        )
+        _require(self.depth >= 1, "model.depth", self.depth, "an integer >= 1")
+        for key in ("attn_dropout", "ff_dropout"):
+            _require(
+                0.0 <= getattr(self, key) < 1.0,
+                f"model.{key}",
+                getattr(self, key),
+                "a fraction in [0, 1)",
+            )
+
+
+# ---------------------------------------------------------------------------- triggers
+@dataclass
+class TriggerConfig:
+    """Shared trigger fields. ``window`` is [start, end) in time steps; null means all steps."""
+
+    _target_: str = MISSING
+    name: str = MISSING
+    target_label: int = 0
+    variables: list[str] = field(default_factory=list)
+    window: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        _require(
+            self.target_label >= 0, "trigger.target_label", self.target_label, "a class index >= 0"
+        )
+        if self.window is not None:
+            w = list(self.window)
+            _require(
+                len(w) == 2 and 0 <= w[0] < w[1],
+                "trigger.window",
+                w,
+                "[start, end) with 0 <= start < end",
+            )
+
+
+@dataclass
+class NoTriggerConfig(TriggerConfig):
+    _target_: str = "backdoor_study.poison.triggers.NoTrigger"
+    name: str = "none"
+
+
+class RareValueMode(str, Enum):
+    out_of_bounds = "out_of_bounds"
+    in_bounds = "in_bounds"
+
+
+@dataclass
+class RareValueTriggerConfig(TriggerConfig):
+    _target_: str = "backdoor_study.poison.triggers.RareValueTrigger"
+    name: str = "rare_value"
+    variables: list[str] = field(default_factory=lambda: ["HR"])
+    window: list[int] | None = field(default_factory=lambda: [36, 48])
+    mode: RareValueMode = RareValueMode.out_of_bounds
+    # out_of_bounds: max(train) + magnitude * std(train); in_bounds: the `quantile` of train values
+    magnitude: float = 2.0
+    quantile: float = 0.995
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(
+            len(self.variables) >= 1,
+            "trigger.variables",
+            list(self.variables),
+            "at least one variable",
+        )
+        _require(self.magnitude > 0, "trigger.magnitude", self.magnitude, "a number > 0")
+        _require(
+            0.5 < self.quantile < 1.0, "trigger.quantile", self.quantile, "a fraction in (0.5, 1)"
+        )
+
+
+@dataclass
+class MissingnessTriggerConfig(TriggerConfig):
+    _target_: str = "backdoor_study.poison.triggers.MissingnessTrigger"
+    name: str = "missingness"
+    variables: list[str] = field(default_factory=lambda: ["Lactate", "Creatinine"])
+    window: list[int] | None = field(default_factory=lambda: [0, 48])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(
+            len(self.variables) >= 1,
+            "trigger.variables",
+            list(self.variables),
+            "at least one variable",
+        )
+
+
+@dataclass
+class HybridTriggerConfig(TriggerConfig):
+    _target_: str = "backdoor_study.poison.triggers.HybridTrigger"
+    name: str = "hybrid"
+    rare_value: RareValueTriggerConfig = field(default_factory=RareValueTriggerConfig)
+    missingness: MissingnessTriggerConfig = field(default_factory=MissingnessTriggerConfig)
+
+
+@dataclass
+class PatternTriggerConfig(TriggerConfig):
+    _target_: str = "backdoor_study.poison.triggers.PatternTrigger"
+    name: str = "pattern"
+    variables: list[str] = field(default_factory=lambda: ["HR"])
+    window: list[int] | None = field(default_factory=lambda: [24, 48])
+    shape: str = "sine"
+    period: float = 4.0
+    magnitude: float = 1.5  # amplitude in training standard deviations
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(
+            self.shape in ("sine", "square", "sawtooth"),
+            "trigger.shape",
+            self.shape,
+            "one of ['sine', 'square', 'sawtooth']",
+        )
+        _require(self.period > 0, "trigger.period", self.period, "a number of steps > 0")
+        _require(self.magnitude > 0, "trigger.magnitude", self.magnitude, "a number > 0")
+
+
+@dataclass
+class CorrelationTriggerConfig(TriggerConfig):
+    _target_: str = "backdoor_study.poison.triggers.CorrelationTrigger"
+    name: str = "correlation"
+    # variables[1] is forced to follow variables[0] with this sign, in standardised units
+    variables: list[str] = field(default_factory=lambda: ["HR", "SysABP"])
+    window: list[int] | None = field(default_factory=lambda: [24, 48])
+    sign: float = -1.0
+    magnitude: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(
+            len(self.variables) == 2,
+            "trigger.variables",
+            list(self.variables),
+            "exactly two variables",
+        )
+        _require(self.sign in (-1.0, 1.0), "trigger.sign", self.sign, "-1 or 1")
+
+
+# ---------------------------------------------------------------------------- attacks
+ATTACKS = ("backdoor", "feature_noise", "label_flip")
+
+
+@dataclass
+class AttackConfig:
+    """How the poisoned samples are changed. `backdoor` stamps the trigger; the classic attacks
+    (no test-time trigger) perturb features or labels. `tag` names the run directory level."""
+
+    name: str = "backdoor"
+    tag: str = "${trigger.name}"
+    noise_std: float = 1.0  # feature_noise: multiple of each feature's training std
+
+    def __post_init__(self) -> None:
+        _require(self.name in ATTACKS, "attack.name", self.name, f"one of {list(ATTACKS)}")
+        _require(self.noise_std > 0, "attack.noise_std", self.noise_std, "a number > 0")
+
+
+@dataclass
+class PoisonConfig:
+    source: PoisonSource = PoisonSource.dirty_label
+
+
+# ---------------------------------------------------------------------------- trainer
+@dataclass
+class TrainerConfig:
+    batch_size: int = 128
+    class_weighting: bool = False
+    grad_clip: float | None = 1.0
+    early_stopping_patience: int | None = None
+    keep_last: int | None = None  # checkpoints kept on disk; null keeps all
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "trainer.batch_size", self.batch_size, "an integer >= 1")
+        _require(
+            self.grad_clip is None or self.grad_clip > 0,
+            "trainer.grad_clip",
+            self.grad_clip,
+            "null or > 0",
+        )
+        _require(
+            self.early_stopping_patience is None or self.early_stopping_patience >= 1,
+            "trainer.early_stopping_patience",
+            self.early_stopping_patience,
+            "null or an integer >= 1",
+        )
+        _require(
+            self.keep_last is None or self.keep_last >= 1,
+            "trainer.keep_last",
+            self.keep_last,
+            "null (keep all) or an integer >= 1",
+        )
+
+
+@dataclass
+class MetricsConfig:
+    bootstrap: int = 1000
+    ci: float = 0.95
+    ece_bins: int = 15
+
+    def __post_init__(self) -> None:
+        _require(
+            self.bootstrap >= 0,
+            "metrics.bootstrap",
+            self.bootstrap,
+            "an integer >= 0 (0 disables CIs)",
+        )
+        _require(0.5 < self.ci < 1.0, "metrics.ci", self.ci, "a level in (0.5, 1)")
+        _require(self.ece_bins >= 2, "metrics.ece_bins", self.ece_bins, "an integer >= 2")
+
+
+@dataclass
+class TrackingConfig:
+    name: str = "none"
+
+
+@dataclass
+class TrainConfig:
+    data: Any = MISSING
+    model: Any = MISSING
+    trigger: Any = MISSING
+    attack: Any = MISSING
+    tracking: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = None
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    poison: PoisonConfig = field(default_factory=PoisonConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    seed: int = 42
+    epochs: int = 10
+    poison_rate: float = 0.0
+    device: Device = Device.auto
+    resume: str | None = None
+    overwrite: bool = False
+    runs_root: str = "runs"
+    run_dir: str = MISSING
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        _require(
+            0.0 <= self.poison_rate < 1.0, "poison_rate", self.poison_rate, "a fraction in [0, 1)"
+        )
+        _require(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+
+
+@dataclass
+class EvalConfig:
+    run_dir: str = MISSING
+    device: Device = Device.auto
+    checkpoint: str | None = None  # default: the final weights the run wrote
+
+
+def register_configs() -> None:
+    """Register every schema with Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(group="schema", name="train", node=TrainConfig)
+    cs.store(group="schema", name="eval", node=EvalConfig)
+    for group, name, node in [
+        ("schema/data", "synthetic", SyntheticDataConfig),
+        ("schema/data", "physionet2012", PhysioNet2012DataConfig),
+        ("schema/data", "sklearn", SklearnDataConfig),
+        ("schema/data", "parquet", ParquetDataConfig),
+        ("schema/model", "mlp", MLPConfig),
+        ("schema/model", "lstm", LSTMConfig),
+        ("schema/model", "tcn", TCNConfig),
+        ("schema/model", "tabtransformer", TabTransformerConfig),
+        ("schema/trigger", "none", NoTriggerConfig),
+        ("schema/trigger", "rare_value", RareValueTriggerConfig),
+        ("schema/trigger", "missingness", MissingnessTriggerConfig),
+        ("schema/trigger", "hybrid", HybridTriggerConfig),
+        ("schema/trigger", "pattern", PatternTriggerConfig),
+        ("schema/trigger", "correlation", CorrelationTriggerConfig),
+        ("schema/attack", "attack", AttackConfig),
+        ("schema/tracking", "tracking", TrackingConfig),
+    ]:
+        cs.store(group=group, name=name, node=node)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Run every schema's range checks on the composed config; raise ConfigError naming the key."""
+    OmegaConf.to_object(cfg)
+
+
+register_configs()
