@@ -478,6 +478,9 @@ class TrainConfig:
     device: Device = Device.auto
     resume: str | None = None
     overwrite: bool = False
+    # With a trigger and poison_rate > 0, also train (or reuse) the same config at poison_rate 0 and
+    # report its ASR as ASR_clean_model: the trigger's false-trigger rate on a clean model.
+    clean_reference: bool = True
     runs_root: str = "runs"
     run_dir: str = MISSING
 

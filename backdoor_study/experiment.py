@@ -1,0 +1,116 @@
+"""From a composed config to everything a run trains and is evaluated on.
+
+:func:`prepare` is the one path from config to tensors: load the cohort, split it, poison the
+training split, fit preprocessing on the (poisoned) training split, stamp the test set. ``train``,
+``eval`` and the later detectors all call it, so a run directory's config and data digest are
+enough to rebuild exactly the data a model saw, poisoned samples included.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from backdoor_study.data import LoadedData, load_dataset
+from backdoor_study.data.preprocess import Batch, Preprocessor
+from backdoor_study.data.schema import ClinicalDataset, DataValidationError
+from backdoor_study.data.splits import Splits, make_splits
+from backdoor_study.models.base import InputSpec
+
+
+@dataclass
+class Prepared:
+    """The data of one run. ``batches``/``labels`` hold train (poisoned), val and test (clean);
+    ``test_poisoned`` is the test split with the trigger on every non-target stay (None when the
+    attack has no test-time trigger)."""
+
+    loaded: LoadedData
+    dataset: ClinicalDataset
+    data_digest: str
+    splits: Splits
+    poison: Any  # backdoor_study.poison.PoisonResult
+    preprocessor: Preprocessor
+    spec: InputSpec
+    batches: dict[str, Batch]
+    labels: dict[str, torch.Tensor]
+    test_poisoned: Batch | None = None
+    triggered_mask: np.ndarray | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def has_trigger(self) -> bool:
+        return self.test_poisoned is not None
+
+
+def prepare(cfg: DictConfig, expected_digest: str | None = None) -> Prepared:
+    """Build the run's data from ``cfg``; with ``expected_digest`` refuse a dataset that changed."""
+    from backdoor_study.poison import poison_dataset, poisoned_test_set
+
+    t0 = time.perf_counter()
+    loaded = load_dataset(cfg.data)
+    ds = loaded.dataset
+    digest = ds.digest()
+    if expected_digest is not None and digest != expected_digest:
+        raise DataValidationError(
+            f"dataset '{ds.name}' has digest {digest[:16]}... but the run recorded {expected_digest[:16]}...: "
+            "the data changed since the run, so its results cannot be reproduced from it"
+        )
+    t1 = time.perf_counter()
+    splits = make_splits(ds, cfg.data.split, loaded.external_test)
+    _check_target_label(cfg, ds)
+    poison = poison_dataset(
+        ds,
+        splits.train,
+        attack_cfg=cfg.attack,
+        trigger_cfg=cfg.trigger,
+        poison_rate=float(cfg.poison_rate),
+        source=str(
+            cfg.poison.source.value if hasattr(cfg.poison.source, "value") else cfg.poison.source
+        ),
+        seed=int(cfg.seed),
+    )
+    t2 = time.perf_counter()
+    poisoned = poison.dataset
+    pre = Preprocessor().fit(poisoned, splits.train)
+    batches = {name: pre.transform(poisoned, splits[name]) for name in ("train", "val", "test")}
+    labels = {name: torch.from_numpy(poisoned.y[splits[name]]) for name in ("train", "val", "test")}
+    test_poisoned = triggered_mask = None
+    if cfg.attack.name == "backdoor" and cfg.trigger.name != "none":
+        stamped, triggered_mask = poisoned_test_set(ds, splits.test, poison.trigger)
+        test_poisoned = pre.transform(stamped)
+    spec = InputSpec(
+        n_steps=ds.n_steps,
+        n_features=ds.n_features,
+        n_static_num=len(ds.static_num_names),
+        static_cat_cardinalities=tuple(pre.static_cat_cardinalities),
+        n_classes=ds.n_classes,
+    )
+    t3 = time.perf_counter()
+    return Prepared(
+        loaded=loaded,
+        dataset=ds,
+        data_digest=digest,
+        splits=splits,
+        poison=poison,
+        preprocessor=pre,
+        spec=spec,
+        batches=batches,
+        labels=labels,
+        test_poisoned=test_poisoned,
+        triggered_mask=triggered_mask,
+        timings={"load_data_s": t1 - t0, "poison_s": t2 - t1, "preprocess_s": t3 - t2},
+    )
+
+
+def _check_target_label(cfg: DictConfig, ds: ClinicalDataset) -> None:
+    target = int(cfg.trigger.target_label)
+    if not 0 <= target < ds.n_classes:
+        raise DataValidationError(
+            f"trigger.target_label={target} is invalid for dataset '{ds.name}': valid labels are "
+            f"{list(range(ds.n_classes))} ({ds.class_names})"
+        )

@@ -1,0 +1,441 @@
+"""``python -m backdoor_study.train``: train one model on (possibly poisoned) data into a run directory.
+
+A thin Hydra entry point around :func:`run`, which tests call directly with a composed config.
+Examples::
+
+    python -m backdoor_study.train model=lstm trigger=rare_value poison_rate=0.01 seed=42 epochs=10
+    python -m backdoor_study.train model=mlp data=physionet2012 epochs=20
+    python -m backdoor_study.train model=tcn resume=runs/tcn/none/0.0/seed_42/checkpoint_epoch_3.pt
+    python -m backdoor_study.train -m model=mlp,lstm trigger=rare_value poison_rate=0.0,0.01 seed=1,2,3
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from backdoor_study import rundir
+from backdoor_study.config import CONF_DIR, validate
+from backdoor_study.experiment import Prepared, prepare
+from backdoor_study.metrics import attack_metrics, classification_metrics
+from backdoor_study.models.base import ClinicalModel, build_model
+from backdoor_study.training import (
+    Trainer,
+    class_weights_balanced,
+    load_checkpoint,
+    predict_proba,
+    resolve_device,
+    seed_everything,
+)
+from backdoor_study.utils import atomic_write_bytes, atomic_write_text, read_json, write_json
+
+log = logging.getLogger("backdoor_study.train")
+
+FINAL_MODEL_FILE = "final_model.pt"
+SUMMARY_KEYS = (
+    "model",
+    "trigger",
+    "attack",
+    "poison_rate",
+    "poison_source",
+    "seed",
+    "data",
+    "epochs",
+)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train per ``cfg`` into ``cfg.run_dir`` and return the metrics (also written to metrics.json).
+
+    A completed run with the same config is skipped (its metrics are returned); a run directory
+    holding a different config is refused unless ``overwrite=true``.
+    """
+    validate(cfg)
+    run_dir = Path(cfg.run_dir)
+    digest = rundir.config_digest(cfg)
+    identity = rundir.config_identity(cfg)
+    resume_from = _check_run_dir(cfg, run_dir, digest, identity)
+    if resume_from == "skip":
+        log.info("run %s already complete with this config: skipped", run_dir)
+        metrics = read_json(run_dir / rundir.METRICS_FILE)
+        return {**metrics, "skipped": True}
+
+    started = time.time()
+    device = resolve_device(str(cfg.device.value if hasattr(cfg.device, "value") else cfg.device))
+    seed_everything(int(cfg.seed))
+    prepared = prepare(cfg)
+    metadata = _start_run_dir(cfg, run_dir, digest, identity, prepared, device, resume_from)
+
+    seed_everything(int(cfg.seed))  # model init does not depend on how much RNG the data stage used
+    model = build_model(cfg.model, prepared.spec)
+    trainer = Trainer(
+        model,
+        _factory(cfg.optimizer),
+        _factory(cfg.scheduler),
+        epochs=int(cfg.epochs),
+        batch_size=int(cfg.trainer.batch_size),
+        seed=int(cfg.seed),
+        device=device,
+        checkpoint_dir=run_dir,
+        keep_last=cfg.trainer.keep_last,
+        grad_clip=cfg.trainer.grad_clip,
+        class_weights=(
+            class_weights_balanced(prepared.labels["train"], prepared.spec.n_classes)
+            if cfg.trainer.class_weighting
+            else None
+        ),
+        early_stopping_patience=cfg.trainer.early_stopping_patience,
+        progress=bool(cfg.trainer.progress),
+        metadata={"config_digest": digest, "data_digest": prepared.data_digest},
+    )
+    t_fit = time.perf_counter()
+    fit = trainer.fit(
+        prepared.batches["train"],
+        prepared.labels["train"],
+        prepared.batches["val"],
+        prepared.labels["val"],
+        resume_from=Path(resume_from) if resume_from else None,
+    )
+    train_s = time.perf_counter() - t_fit
+
+    _save_final_model(run_dir / FINAL_MODEL_FILE, model, digest, prepared, fit.best_epoch)
+    t_eval = time.perf_counter()
+    metrics, predictions = evaluate(cfg, model, prepared, device)
+    metrics.update(
+        {
+            "best_epoch": fit.best_epoch,
+            "best_val_auroc": fit.best_val_auroc,
+            "epochs_run": fit.epochs_run,
+            "stopped_early": fit.stopped_early,
+            "n_poisoned": int(prepared.poison.poisoned_indices.size),
+            "n_train": int(prepared.splits.train.size),
+            "n_test": int(prepared.splits.test.size),
+        }
+    )
+    if _wants_clean_reference(cfg):
+        metrics["ASR_clean_model"] = _clean_reference_asr(cfg)
+    eval_s = time.perf_counter() - t_eval
+
+    _write_history(run_dir / "history.csv", fit.history)
+    _write_predictions(run_dir / "predictions.parquet", predictions)
+    metadata["timings"].update(
+        {
+            **prepared.timings,
+            "train_s": train_s,
+            "evaluate_s": eval_s,
+            "total_s": time.time() - started,
+        }
+    )
+    metadata["status"] = "complete"
+    metadata["best_epoch"] = fit.best_epoch
+    write_json(run_dir / rundir.METADATA_FILE, metadata)
+    _write_summary(run_dir / "experiment_summary.csv", cfg, metrics, prepared)
+    write_json(run_dir / rundir.METRICS_FILE, metrics)  # last: marks the run complete
+    log.info("run complete: %s", run_dir)
+    return metrics
+
+
+# --------------------------------------------------------------------------------------- evaluation
+def evaluate(
+    cfg: DictConfig, model: ClinicalModel, prepared: Prepared, device: torch.device
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Every metric of ``model`` on the run's test split (clean, and poisoned when there is a
+    trigger), plus the per-stay predictions. ``train`` and ``eval`` both call this."""
+    bs = int(cfg.trainer.batch_size)
+    y = prepared.labels["test"].numpy()
+    proba = predict_proba(model, prepared.batches["test"], batch_size=bs, device=device)
+    mcfg = cfg.metrics
+    metrics: dict[str, Any] = classification_metrics(
+        y,
+        proba,
+        suffix="clean",
+        bootstrap=int(mcfg.bootstrap),
+        ci=float(mcfg.ci),
+        ece_bins=int(mcfg.ece_bins),
+        seed=int(cfg.seed),
+    )
+    test_ids = prepared.dataset.stay_id[prepared.splits.test]
+    frame = {
+        "stay_id": test_ids,
+        "y_true": y,
+        "pred": proba.argmax(1) if proba.shape[1] > 2 else (proba[:, 1] >= 0.5).astype(np.int64),
+    }
+    for c in range(proba.shape[1]):
+        frame[f"prob_{c}"] = proba[:, c]
+    if prepared.has_trigger:
+        proba_t = predict_proba(model, prepared.test_poisoned, batch_size=bs, device=device)
+        metrics.update(
+            attack_metrics(
+                y,
+                proba,
+                proba_t,
+                prepared.triggered_mask,
+                target_label=int(cfg.trigger.target_label),
+                ece_bins=int(mcfg.ece_bins),
+            )
+        )
+        frame["triggered"] = prepared.triggered_mask
+        for c in range(proba_t.shape[1]):
+            frame[f"prob_triggered_{c}"] = proba_t[:, c]
+    return _plain(metrics), pd.DataFrame(frame)
+
+
+def _plain(obj: Any) -> Any:
+    """Metrics as plain JSON values (NaN kept as float('nan'))."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return obj
+
+
+# --------------------------------------------------------------------------------------- run dir
+def _check_run_dir(
+    cfg: DictConfig, run_dir: Path, digest: str, identity: dict[str, Any]
+) -> str | None:
+    """Decide what to do with what ``run_dir`` holds: 'skip', a checkpoint to resume, or None."""
+    state = rundir.inspect(run_dir)
+    overwrite = bool(cfg.overwrite)
+    resume = cfg.resume
+    same = state.recorded_digest == digest
+    if state.has_run and state.recorded_digest is not None and not same:
+        if not overwrite:
+            diff = rundir.differing_keys(rundir.recorded_identity(run_dir), identity)
+            raise rundir.RunDirError(
+                f"{run_dir} holds a run with a different config (differs in: {', '.join(diff) or 'unknown'}); "
+                "choose another runs_root/run_dir, or pass overwrite=true to replace it"
+            )
+        log.warning("overwrite=true: replacing the run in %s", run_dir)
+        rundir.clear_for_overwrite(run_dir)
+        state = rundir.inspect(run_dir)
+    if state.complete and same:
+        return "skip"
+    if resume in (None, ""):
+        if state.checkpoints:
+            if overwrite:
+                rundir.clear_for_overwrite(run_dir)
+                return None
+            last = max(state.checkpoints)
+            raise rundir.RunDirError(
+                f"{run_dir} holds an unfinished run of this config (last checkpoint: epoch {last}); "
+                "pass resume=auto to continue it, or overwrite=true to start over"
+            )
+        return None
+    if resume == "auto":
+        if not state.checkpoints:
+            log.info("resume=auto: no checkpoint in %s, starting from scratch", run_dir)
+            return None
+        return str(state.checkpoints[max(state.checkpoints)])
+    path = Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"resume={resume!r}: no such checkpoint file")
+    recorded = load_checkpoint(path).get("metadata", {}).get("config_digest")
+    if recorded is not None and recorded != digest:
+        raise rundir.RunDirError(
+            f"resume={resume!r} was written by a different config (digest {recorded[:12]} vs {digest[:12]}); "
+            "resume with the config it was trained with (see the run's config_resolved.yaml)"
+        )
+    return str(path)
+
+
+def _start_run_dir(
+    cfg: DictConfig,
+    run_dir: Path,
+    digest: str,
+    identity: dict[str, Any],
+    prepared: Prepared,
+    device: torch.device,
+    resume_from: str | None,
+) -> dict[str, Any]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    hydra_dir = run_dir / ".hydra"
+    atomic_write_text(hydra_dir / "config.yaml", OmegaConf.to_yaml(_without_hydra(cfg)))
+    atomic_write_text(
+        hydra_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(_overrides()))
+    )
+    atomic_write_text(
+        run_dir / rundir.RESOLVED_CONFIG_FILE, OmegaConf.to_yaml(_without_hydra(cfg), resolve=True)
+    )
+    write_json(run_dir / "splits.json", prepared.splits.to_json(prepared.dataset))
+    buf = io.BytesIO()
+    np.save(buf, prepared.poison.poisoned_indices.astype(np.int64))
+    atomic_write_bytes(run_dir / "poisoned_indices.npy", buf.getvalue())
+    write_json(run_dir / "poison.json", prepared.poison.details)
+    write_json(run_dir / "preprocessing.json", prepared.preprocessor.state_dict())
+    metadata = {
+        "status": "running",
+        "config_digest": digest,
+        "config_identity": identity,
+        "data": {
+            "name": prepared.dataset.name,
+            "digest": prepared.data_digest,
+            "n_stays": prepared.dataset.n_stays,
+            "source": prepared.loaded.source,
+        },
+        "split_digest": prepared.splits.digest(prepared.dataset),
+        "device": str(device),
+        "resumed_from": resume_from,
+        "environment": rundir.environment(),
+        "timings": {},
+    }
+    write_json(run_dir / rundir.METADATA_FILE, metadata)
+    return metadata
+
+
+def _without_hydra(cfg: DictConfig) -> DictConfig:
+    container = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+    container.pop("hydra", None)
+    return OmegaConf.create(container)
+
+
+def _overrides() -> list[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # not under @hydra.main (tests call run() directly)
+        return []
+
+
+def _factory(node: Any) -> Any:
+    """A `_partial_` optimizer/scheduler node -> a callable; an empty node (scheduler=none) -> None."""
+    from hydra.utils import instantiate
+
+    if node is None or "_target_" not in node:
+        return None
+    return instantiate(node)
+
+
+def _save_final_model(
+    path: Path, model: ClinicalModel, digest: str, prepared: Prepared, best_epoch: int
+) -> None:
+    buf = io.BytesIO()
+    torch.save(
+        {
+            "format_version": 1,
+            "model_state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "best_epoch": int(best_epoch),
+            "config_digest": digest,
+            "data_digest": prepared.data_digest,
+            "spec": {
+                "n_steps": prepared.spec.n_steps,
+                "n_features": prepared.spec.n_features,
+                "n_static_num": prepared.spec.n_static_num,
+                "static_cat_cardinalities": list(prepared.spec.static_cat_cardinalities),
+                "n_classes": prepared.spec.n_classes,
+            },
+        },
+        buf,
+    )
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, pd.DataFrame(history).to_csv(index=False))
+
+
+def _write_predictions(path: Path, frame: pd.DataFrame) -> None:
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def summary_row(
+    cfg: DictConfig, metrics: dict[str, Any], run_dir: str, data_digest: str
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "run_dir": run_dir,
+        "model": cfg.model.name,
+        "trigger": cfg.trigger.name,
+        "attack": cfg.attack.name,
+        "poison_rate": float(cfg.poison_rate),
+        "poison_source": str(OmegaConf.to_container(cfg.poison, enum_to_str=True)["source"]),
+        "seed": int(cfg.seed),
+        "data": cfg.data.name,
+        "data_digest": data_digest,
+        "epochs": int(cfg.epochs),
+    }
+    row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float, bool)) or v is None})
+    return row
+
+
+def _write_summary(
+    path: Path, cfg: DictConfig, metrics: dict[str, Any], prepared: Prepared
+) -> None:
+    row = summary_row(cfg, metrics, str(path.parent), prepared.data_digest)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(row))
+    writer.writeheader()
+    writer.writerow(row)
+    atomic_write_text(path, out.getvalue())
+
+
+# --------------------------------------------------------------------------------------- clean reference
+def _wants_clean_reference(cfg: DictConfig) -> bool:
+    return (
+        bool(cfg.clean_reference)
+        and cfg.attack.name == "backdoor"
+        and cfg.trigger.name != "none"
+        and float(cfg.poison_rate) > 0
+    )
+
+
+def clean_reference_config(cfg: DictConfig) -> DictConfig:
+    """The same config at poison_rate 0: the clean model whose ASR is the false-trigger rate."""
+    clean = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    clean.poison_rate = 0.0
+    clean.resume = None
+    clean.overwrite = False
+    if "hydra" in clean:
+        del clean["hydra"]
+    if str(OmegaConf.select(clean, "run_dir")) == str(cfg.run_dir):  # an explicit run_dir override
+        clean.run_dir = str(Path(cfg.run_dir) / "clean_reference")
+    return clean
+
+
+def _clean_reference_asr(cfg: DictConfig) -> float:
+    clean = clean_reference_config(cfg)
+    log.info("clean reference for ASR_clean_model: %s", clean.run_dir)
+    return float(run(clean).get("ASR", float("nan")))
+
+
+# --------------------------------------------------------------------------------------- CLI
+def _main() -> None:
+    import hydra
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+    def main(cfg: DictConfig) -> None:
+        metrics = run(cfg)
+        keys = [
+            "auroc_clean",
+            "auprc_clean",
+            "acc_clean",
+            "ASR",
+            "ASR_clean_model",
+            "confidence_shift",
+        ]
+        shown = {k: round(metrics[k], 4) for k in keys if isinstance(metrics.get(k), float)}
+        print(
+            f"{'skipped (already complete)' if metrics.get('skipped') else 'done'}: {cfg.run_dir} {shown}"
+        )
+
+    main()
+
+
+if __name__ == "__main__":
+    _main()
