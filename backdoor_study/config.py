@@ -211,7 +211,7 @@ class LSTMConfig(ModelConfig):
 class TCNConfig(ModelConfig):
     _target_: str = "backdoor_study.models.tcn.TCN"
     name: str = "tcn"
-    channels: list[int] = field(default_factory=lambda: [32, 32, 32])
+    channels: list[int] = field(default_factory=lambda: [32, 32, 32, 32])
     kernel_size: int = 3
     dropout: float = 0.1
 

@@ -73,4 +73,5 @@ def build_model(model_cfg: Any, spec: InputSpec) -> ClinicalModel:
         else dict(model_cfg)
     )
     params.pop("name", None)
-    return instantiate(params, spec=spec, _convert_="all")
+    # `_partial_` keeps `spec` out of instantiate's recursive conversion (it must stay an InputSpec).
+    return instantiate({**params, "_partial_": True}, _convert_="all")(spec=spec)
