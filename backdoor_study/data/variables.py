@@ -56,7 +56,7 @@ VARIABLES: dict[str, Variable] = {
         Variable("pH", "pH", 6.5, 8.0, "arterial pH", "lab"),
         Variable("PaCO2", "mmHg", 5, 150, "arterial partial pressure of CO2", "lab"),
         Variable("PaO2", "mmHg", 10, 700, "arterial partial pressure of O2", "lab"),
-        Variable("Mg", "mmol/L", 0.2, 10, "magnesium", "lab"),
+        Variable("Mg", "mg/dL", 0.2, 10, "magnesium", "lab"),
         Variable("Bilirubin", "mg/dL", 0, 60, "total bilirubin", "lab"),
         Variable("Albumin", "g/dL", 0.5, 6.5, "albumin", "lab"),
         Variable("ALP", "IU/L", 5, 3000, "alkaline phosphatase", "lab"),
