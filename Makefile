@@ -38,6 +38,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/data_generation.py
+	$(PY) benchmarks/physionet_parse.py
 	$(PY) benchmarks/train_throughput.py
 
 clean-runs:

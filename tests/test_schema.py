@@ -41,7 +41,9 @@ def test_missing_column_is_named(tmp_path):
 def test_wrong_dtype_is_named(tmp_path):
     table = to_table(make_tiny_dataset())
     i = table.column_names.index("label")
-    table = table.set_column(i, "label", pa.array([str(v) for v in table.column("label").to_pylist()]))
+    table = table.set_column(
+        i, "label", pa.array([str(v) for v in table.column("label").to_pylist()])
+    )
     with pytest.raises(DataValidationError, match="'label' must be integer"):
         read_parquet(_write(table, tmp_path / "bad.parquet"))
 
@@ -58,7 +60,9 @@ def test_null_labels_are_refused(tmp_path):
 
 def test_unknown_variable_is_named():
     ds = make_tiny_dataset()
-    with pytest.raises(DataValidationError, match=r"unknown variable\(s\) \['HeartRate'\].*valid variables"):
+    with pytest.raises(
+        DataValidationError, match=r"unknown variable\(s\) \['HeartRate'\].*valid variables"
+    ):
         ds.variable_index(["HR", "HeartRate"], key="trigger.variables")
 
 
@@ -67,4 +71,11 @@ def test_mask_and_values_must_agree():
     ds.mask[0, 0, 1] = True
     ds.x[0, 0, 1] = np.nan
     with pytest.raises(DataValidationError, match="NaN in a cell the mask marks as observed"):
+        ds.validate()
+
+
+def test_a_name_used_for_a_variable_and_a_static_is_refused():
+    ds = make_tiny_dataset()
+    ds.static_num_names = ["HR", "Weight"]
+    with pytest.raises(DataValidationError, match=r"column name\(s\) \['HR'\] used twice"):
         ds.validate()

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 METADATA_KEY = b"backdoor_study"
+RESERVED_COLUMNS = ("stay_id", "patient_id", "label")
 LAYOUT_VERSION = 1
 
 
@@ -121,11 +122,16 @@ class ClinicalDataset:
         """Raise :class:`DataValidationError` naming the first thing that is wrong."""
         n = self.y.shape[0] if self.y.ndim >= 1 else -1
         _check(self.y.ndim == 1, f"label y must be 1-D, got shape {self.y.shape}")
-        _check(np.issubdtype(self.y.dtype, np.integer), f"label y must be integer, got {self.y.dtype}")
+        _check(
+            np.issubdtype(self.y.dtype, np.integer), f"label y must be integer, got {self.y.dtype}"
+        )
         _check(n > 0, f"dataset '{self.name}' has no stays")
         _check(self.x.ndim == 3, f"x must be (N, T, F), got shape {self.x.shape}")
         _check(self.x.dtype == np.float32, f"x must be float32, got {self.x.dtype}")
-        _check(self.mask.shape == self.x.shape, f"mask shape {self.mask.shape} != x shape {self.x.shape}")
+        _check(
+            self.mask.shape == self.x.shape,
+            f"mask shape {self.mask.shape} != x shape {self.x.shape}",
+        )
         _check(self.mask.dtype == np.bool_, f"mask must be bool, got {self.mask.dtype}")
         for arr_name in ("x", "mask", "static_num", "static_cat", "stay_id", "patient_id"):
             arr = getattr(self, arr_name)
@@ -135,22 +141,45 @@ class ClinicalDataset:
             f"{len(self.variables)} variable names for {self.x.shape[2]} features",
         )
         _check(len(self.units) == len(self.variables), "one unit per variable is required")
-        _check(len(set(self.variables)) == len(self.variables), f"duplicate variables in {self.variables}")
-        _check(self.static_num.ndim == 2 and self.static_num.shape[1] == len(self.static_num_names),
-               f"static_num shape {self.static_num.shape} does not match names {self.static_num_names}")
-        _check(self.static_num.dtype == np.float32, f"static_num must be float32, got {self.static_num.dtype}")
-        _check(self.static_cat.ndim == 2 and self.static_cat.shape[1] == len(self.static_cat_names),
-               f"static_cat shape {self.static_cat.shape} does not match names {self.static_cat_names}")
-        _check(self.static_cat.dtype == np.int64, f"static_cat must be int64, got {self.static_cat.dtype}")
-        _check(len(self.static_cat_levels) == len(self.static_cat_names),
-               "one list of levels per categorical static is required")
+        names = [*self.variables, *self.static_num_names, *self.static_cat_names]
+        clash = sorted(
+            {n for n in names if names.count(n) > 1} | (set(names) & set(RESERVED_COLUMNS))
+        )
+        _check(
+            not clash,
+            f"column name(s) {clash} used twice (variables, statics and {list(RESERVED_COLUMNS)} share one namespace)",
+        )
+        _check(
+            self.static_num.ndim == 2 and self.static_num.shape[1] == len(self.static_num_names),
+            f"static_num shape {self.static_num.shape} does not match names {self.static_num_names}",
+        )
+        _check(
+            self.static_num.dtype == np.float32,
+            f"static_num must be float32, got {self.static_num.dtype}",
+        )
+        _check(
+            self.static_cat.ndim == 2 and self.static_cat.shape[1] == len(self.static_cat_names),
+            f"static_cat shape {self.static_cat.shape} does not match names {self.static_cat_names}",
+        )
+        _check(
+            self.static_cat.dtype == np.int64,
+            f"static_cat must be int64, got {self.static_cat.dtype}",
+        )
+        _check(
+            len(self.static_cat_levels) == len(self.static_cat_names),
+            "one list of levels per categorical static is required",
+        )
         for j, levels in enumerate(self.static_cat_levels):
             col = self.static_cat[:, j]
-            _check(col.size == 0 or (col.min() >= -1 and col.max() < len(levels)),
-                   f"categorical static '{self.static_cat_names[j]}' has codes outside its {len(levels)} levels")
-        _check(self.y.min() >= 0 and self.y.max() < self.n_classes,
-               f"labels must lie in [0, {self.n_classes}) for classes {self.class_names}; "
-               f"got range [{self.y.min()}, {self.y.max()}]")
+            _check(
+                col.size == 0 or (col.min() >= -1 and col.max() < len(levels)),
+                f"categorical static '{self.static_cat_names[j]}' has codes outside its {len(levels)} levels",
+            )
+        _check(
+            self.y.min() >= 0 and self.y.max() < self.n_classes,
+            f"labels must lie in [0, {self.n_classes}) for classes {self.class_names}; "
+            f"got range [{self.y.min()}, {self.y.max()}]",
+        )
         _check(np.unique(self.stay_id).size == n, f"stay_id values in '{self.name}' are not unique")
         observed_nan = np.isnan(self.x) & self.mask
         _check(not observed_nan.any(), "x is NaN in a cell the mask marks as observed")
@@ -169,7 +198,15 @@ class ClinicalDataset:
             "class_names": self.class_names,
         }
         h.update(json.dumps(meta, sort_keys=True).encode())
-        for arr in (self.x, self.mask, self.static_num, self.static_cat, self.y, self.stay_id, self.patient_id):
+        for arr in (
+            self.x,
+            self.mask,
+            self.static_num,
+            self.static_cat,
+            self.y,
+            self.stay_id,
+            self.patient_id,
+        ):
             a = np.ascontiguousarray(arr)
             h.update(str(a.dtype).encode() + str(a.shape).encode())
             h.update(a.tobytes())
@@ -192,7 +229,9 @@ def to_table(ds: ClinicalDataset) -> pa.Table:
     }
     list_type = pa.list_(pa.float32(), t)
     for j, var in enumerate(ds.variables):
-        values = pa.array(ds.x[:, :, j].reshape(-1), type=pa.float32(), mask=~ds.mask[:, :, j].reshape(-1))
+        values = pa.array(
+            ds.x[:, :, j].reshape(-1), type=pa.float32(), mask=~ds.mask[:, :, j].reshape(-1)
+        )
         columns[var] = pa.FixedSizeListArray.from_arrays(values, type=list_type)
     for j, name in enumerate(ds.static_num_names):
         col = ds.static_num[:, j]
@@ -200,7 +239,9 @@ def to_table(ds: ClinicalDataset) -> pa.Table:
     for j, name in enumerate(ds.static_cat_names):
         codes = ds.static_cat[:, j]
         levels = np.asarray(ds.static_cat_levels[j], dtype=object)
-        strings = np.where(codes >= 0, levels[np.clip(codes, 0, None)] if len(levels) else None, None)
+        strings = np.where(
+            codes >= 0, levels[np.clip(codes, 0, None)] if len(levels) else None, None
+        )
         columns[name] = pa.array(strings.tolist(), type=pa.string())
     meta = {
         "layout": LAYOUT_VERSION,
@@ -251,7 +292,9 @@ def from_table(table: pa.Table, name: str | None = None, source: str = "table") 
     required = ["stay_id", "patient_id", "label", *variables, *static_num_names, *static_cat_names]
     missing = [c for c in required if c not in table.column_names]
     if missing:
-        raise DataValidationError(f"{source}: missing column(s) {missing}; columns present: {table.column_names}")
+        raise DataValidationError(
+            f"{source}: missing column(s) {missing}; columns present: {table.column_names}"
+        )
     n = table.num_rows
 
     def col(name: str) -> pa.ChunkedArray:
@@ -262,19 +305,26 @@ def from_table(table: pa.Table, name: str | None = None, source: str = "table") 
         if not pa.types.is_integer(typ):
             raise DataValidationError(f"{source}: column '{c}' must be integer, got {typ}")
     if col("label").null_count:
-        raise DataValidationError(f"{source}: column 'label' has {col('label').null_count} null/NaN label(s)")
+        raise DataValidationError(
+            f"{source}: column 'label' has {col('label').null_count} null/NaN label(s)"
+        )
 
     x = np.full((n, t, len(variables)), np.nan, dtype=np.float32)
     mask = np.zeros((n, t, len(variables)), dtype=bool)
     for j, var in enumerate(variables):
         arr = col(var).combine_chunks()
-        if not (pa.types.is_fixed_size_list(arr.type) and arr.type.list_size == t
-                and pa.types.is_floating(arr.type.value_type)):
+        if not (
+            pa.types.is_fixed_size_list(arr.type)
+            and arr.type.list_size == t
+            and pa.types.is_floating(arr.type.value_type)
+        ):
             raise DataValidationError(
                 f"{source}: column '{var}' must be fixed_size_list<float>[{t}], got {arr.type}"
             )
         if arr.null_count:
-            raise DataValidationError(f"{source}: column '{var}' has null rows; use null elements instead")
+            raise DataValidationError(
+                f"{source}: column '{var}' has null rows; use null elements instead"
+            )
         values = arr.values
         if len(values) != n * t:
             raise DataValidationError(
@@ -298,14 +348,20 @@ def from_table(table: pa.Table, name: str | None = None, source: str = "table") 
     static_cat_levels: list[list[str]] = []
     for j, c in enumerate(static_cat_names):
         typ = col(c).type
-        if not (pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_dictionary(typ)):
-            raise DataValidationError(f"{source}: categorical static '{c}' must be string, got {typ}")
+        if not (
+            pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_dictionary(typ)
+        ):
+            raise DataValidationError(
+                f"{source}: categorical static '{c}' must be string, got {typ}"
+            )
         values = np.asarray(col(c).to_pylist(), dtype=object)
         present = sorted({v for v in values if v is not None})
         levels = list(levels_meta[j]) if levels_meta else present
         unknown = sorted(set(present) - set(levels))
         if unknown:
-            raise DataValidationError(f"{source}: categorical static '{c}' has values {unknown} not in levels {levels}")
+            raise DataValidationError(
+                f"{source}: categorical static '{c}' has values {unknown} not in levels {levels}"
+            )
         lookup = {v: k for k, v in enumerate(levels)}
         static_cat[:, j] = [lookup.get(v, -1) if v is not None else -1 for v in values]
         static_cat_levels.append(levels)
