@@ -14,15 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from backdoor_study import eval as eval_mod
-from backdoor_study import train
 from backdoor_study.config import CONF_DIR
+from backdoor_study.study import Cell, run_grid
 from backdoor_study.utils import atomic_write_text
-
-log = logging.getLogger("backdoor_study.demo")
 
 COLUMNS = [
     "model",
@@ -36,16 +32,15 @@ COLUMNS = [
     "ASR_clean_model",
     "confidence_shift",
     "n_poisoned",
-    "eval_matches",
 ]
 
 
-def study(cfg: DictConfig) -> pd.DataFrame:
-    rows: list[dict[str, Any]] = []
+def cells(cfg: DictConfig) -> list[Cell]:
     grid = itertools.product(cfg.models, cfg.triggers, cfg.poison_rates, cfg.seeds)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        for model, trigger, rate, seed in grid:
-            overrides = [
+    return [
+        (
+            {"model": model, "trigger": trigger, "poison_rate": float(rate), "seed": int(seed)},
+            [
                 f"model={model}",
                 f"trigger={trigger}",
                 f"poison_rate={float(rate)}",
@@ -54,23 +49,10 @@ def study(cfg: DictConfig) -> pd.DataFrame:
                 f"runs_root={cfg.runs_root}",
                 "trainer.progress=false",
                 *cfg.train_overrides,
-            ]
-            run_cfg = compose("train", overrides=overrides)
-            metrics = train.run(run_cfg)
-            checked = eval_mod.run(
-                OmegaConf.create({"run_dir": run_cfg.run_dir, "device": "auto", "checkpoint": None})
-            )
-            row = {
-                "model": model,
-                "trigger": trigger,
-                "poison_rate": float(rate),
-                "seed": int(seed),
-            }
-            row.update({k: metrics.get(k) for k in COLUMNS if k in metrics})
-            row["eval_matches"] = checked["matches_train"]
-            rows.append(row)
-            print(_line(row), flush=True)
-    return pd.DataFrame(rows, columns=COLUMNS)
+            ],
+        )
+        for model, trigger, rate, seed in grid
+    ]
 
 
 def _line(row: dict[str, Any]) -> str:
@@ -90,11 +72,14 @@ def _main() -> None:
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="demo")
     def main(cfg: DictConfig) -> None:
         logging.getLogger("backdoor_study").setLevel(logging.WARNING)
-        table = study(cfg)
+        table = run_grid(
+            cells(cfg), check_eval=True, on_result=lambda row: print(_line(row), flush=True)
+        )
         out = Path(cfg.results_csv)
         atomic_write_text(out, table.to_csv(index=False))
+        shown = table[[c for c in COLUMNS if c in table]]
         with pd.option_context("display.width", 200, "display.max_columns", 20):
-            print(table.drop(columns=["eval_matches"]).round(3).to_string(index=False))
+            print(shown.round(3).to_string(index=False))
         print(f"\nresults: {out}; run directories under {cfg.runs_root}/")
         if not table["eval_matches"].all():
             raise SystemExit("eval did not reproduce train for some runs")
