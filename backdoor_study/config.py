@@ -94,7 +94,7 @@ class SyntheticDataConfig(DataConfig):
     prevalence: float = 0.12
     seed: int = 2012
     subset: Subset = Subset.dev
-    dev_size: int = 3000
+    dev_size: int = 8000
     data_dir: str = "${oc.env:BACKDOOR_STUDY_DATA_DIR,data}"
 
     def __post_init__(self) -> None:
@@ -443,8 +443,21 @@ class MetricsConfig:
     bootstrap: int = 1000
     ci: float = 0.95
     ece_bins: int = 15
+    # Decision threshold on p(death) for accuracy, F1, ASR...: chosen on the clean validation split
+    # ("youden" or "f1"), or a fixed number in (0, 1).
+    threshold: str = "youden"
 
     def __post_init__(self) -> None:
+        try:
+            fixed = float(self.threshold)
+        except ValueError:
+            fixed = None
+        _require(
+            self.threshold in ("youden", "f1") or (fixed is not None and 0.0 < fixed < 1.0),
+            "metrics.threshold",
+            self.threshold,
+            "'youden', 'f1' or a number in (0, 1)",
+        )
         _require(
             self.bootstrap >= 0,
             "metrics.bootstrap",

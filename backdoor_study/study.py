@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from backdoor_study import eval as eval_mod
@@ -23,6 +24,9 @@ Cell = tuple[dict[str, Any], list[str]]
 
 
 def compose_train(overrides: list[str]) -> DictConfig:
+    """The ``train`` config with ``overrides``, from a script, a test or inside ``@hydra.main``."""
+    if GlobalHydra.instance().is_initialized():  # under @hydra.main, whose search path is CONF_DIR
+        return compose("train", overrides=overrides)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=overrides)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from backdoor_study import rundir
 from backdoor_study.config import CONF_DIR, validate
 from backdoor_study.experiment import Prepared, prepare
-from backdoor_study.metrics import attack_metrics, classification_metrics
+from backdoor_study.metrics import attack_metrics, classification_metrics, predict, select_threshold
 from backdoor_study.models.base import ClinicalModel, build_model
 from backdoor_study.training import (
     Trainer,
@@ -153,10 +154,16 @@ def evaluate(
     """Every metric of ``model`` on the run's test split (clean, and poisoned when there is a
     trigger), plus the per-stay predictions. ``train`` and ``eval`` both call this."""
     bs = int(cfg.trainer.batch_size)
+    mcfg = cfg.metrics
+    proba_val = predict_proba(model, prepared.batches["val"], batch_size=bs, device=device)
+    threshold = select_threshold(
+        prepared.labels["val"].numpy(), proba_val, str(mcfg.get("threshold", "youden"))
+    )
+    cut = 0.5 if math.isnan(threshold) else threshold  # multi-class: NaN, predictions use argmax
     y = prepared.labels["test"].numpy()
     proba = predict_proba(model, prepared.batches["test"], batch_size=bs, device=device)
-    mcfg = cfg.metrics
-    metrics: dict[str, Any] = classification_metrics(
+    metrics: dict[str, Any] = {"decision_threshold": threshold}
+    metrics |= classification_metrics(
         y,
         proba,
         suffix="clean",
@@ -164,12 +171,13 @@ def evaluate(
         ci=float(mcfg.ci),
         ece_bins=int(mcfg.ece_bins),
         seed=int(cfg.seed),
+        threshold=cut,
     )
     test_ids = prepared.dataset.stay_id[prepared.splits.test]
     frame = {
         "stay_id": test_ids,
         "y_true": y,
-        "pred": proba.argmax(1) if proba.shape[1] > 2 else (proba[:, 1] >= 0.5).astype(np.int64),
+        "pred": predict(proba, cut),
     }
     for c in range(proba.shape[1]):
         frame[f"prob_{c}"] = proba[:, c]
@@ -183,6 +191,7 @@ def evaluate(
                 prepared.triggered_mask,
                 target_label=int(cfg.trigger.target_label),
                 ece_bins=int(mcfg.ece_bins),
+                threshold=cut,
             )
         )
         frame["triggered"] = prepared.triggered_mask

@@ -174,7 +174,7 @@ def test_backdoor_succeeds_beyond_the_false_trigger_rate(cohort, tmp_path):
     # an out-of-bounds value already pushes a clean model somewhat (out of distribution), which is
     # why the clean model's rate is reported; the backdoor must add clearly more than that
     assert metrics["ASR"] - metrics["ASR_clean_model"] > 0.3
-    assert metrics["confidence_shift"] > 0.3
+    assert metrics["confidence_shift"] > 0.2
     assert eval_mod.run(eval_cfg(str(run_dir)))["matches_train"]
 
 
