@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import logging.handlers
 import math
 import time
 from pathlib import Path
@@ -72,11 +73,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         metrics = read_json(run_dir / rundir.METRICS_FILE)
         return {**metrics, "skipped": True}
 
+    with _RunLog() as run_log:
+        return _train(cfg, run_dir, digest, identity, resume_from, run_log)
+
+
+def _train(
+    cfg: DictConfig,
+    run_dir: Path,
+    digest: str,
+    identity: dict[str, Any],
+    resume_from: str | None,
+    run_log: _RunLog,
+) -> dict[str, Any]:
     started = time.time()
     device = resolve_device(str(cfg.device.value if hasattr(cfg.device, "value") else cfg.device))
     seed_everything(int(cfg.seed))
     prepared = prepare(cfg)
     metadata = _start_run_dir(cfg, run_dir, digest, identity, prepared, device, resume_from)
+    run_log.attach(run_dir / "train.log")
 
     seed_everything(int(cfg.seed))  # model init does not depend on how much RNG the data stage used
     model = build_model(cfg.model, prepared.spec)
@@ -145,6 +159,39 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     write_json(run_dir / rundir.METRICS_FILE, metrics)  # last: marks the run complete
     log.info("run complete: %s", run_dir)
     return metrics
+
+
+class _RunLog:
+    """The run's ``train.log``: records are held in memory until the run directory has been
+    checked and started, so a refused run never creates a directory just to hold its log."""
+
+    def __init__(self) -> None:
+        self.memory = logging.handlers.MemoryHandler(
+            capacity=100_000, flushLevel=logging.CRITICAL + 1
+        )
+        self.file: logging.Handler | None = None
+
+    def __enter__(self) -> _RunLog:
+        logging.getLogger().addHandler(self.memory)
+        return self
+
+    def attach(self, path: Path) -> None:
+        self.file = logging.FileHandler(path, mode="a")
+        self.file.setFormatter(
+            logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+        )
+        self.memory.setTarget(self.file)
+        self.memory.flush()
+        root = logging.getLogger()
+        root.removeHandler(self.memory)
+        root.addHandler(self.file)
+
+    def __exit__(self, *exc: object) -> None:
+        root = logging.getLogger()
+        for handler in (self.memory, self.file):
+            if handler is not None:
+                root.removeHandler(handler)
+                handler.close()
 
 
 # --------------------------------------------------------------------------------------- evaluation

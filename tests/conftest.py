@@ -20,7 +20,9 @@ torch.set_num_threads(1)  # the machines are shared: keep tests from fighting ov
 
 def physionet_dir() -> Path:
     """Where the PhysioNet 2012 files are: $BACKDOOR_STUDY_PHYSIONET_DIR or ../shared/data/physionet2012."""
-    return Path(os.environ.get(PHYSIONET_ENV, REPO_ROOT.parent / "shared" / "data" / "physionet2012"))
+    return Path(
+        os.environ.get(PHYSIONET_ENV, REPO_ROOT.parent / "shared" / "data" / "physionet2012")
+    )
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +47,11 @@ def make_tiny_dataset(
     """A small learnable cohort in canonical form: label 1 stays have a higher HR late in the stay."""
     rng = np.random.default_rng(seed)
     f = len(variables)
-    y = (rng.random(n) < prevalence).astype(np.int64) if n_classes == 2 else rng.integers(0, n_classes, n)
+    y = (
+        (rng.random(n) < prevalence).astype(np.int64)
+        if n_classes == 2
+        else rng.integers(0, n_classes, n)
+    )
     base = np.array([80.0, 120.0, 37.0, 1.5, 1.0][:f] + [50.0] * max(0, f - 5), dtype=np.float32)
     scale = np.array([10.0, 15.0, 0.5, 0.8, 0.4][:f] + [5.0] * max(0, f - 5), dtype=np.float32)
     x = base + scale * rng.standard_normal((n, t, f)).astype(np.float32)
@@ -57,8 +63,12 @@ def make_tiny_dataset(
         name="tiny",
         x=x,
         mask=mask,
-        static_num=np.stack([rng.normal(65, 15, n), rng.normal(80, 20, n)], axis=1).astype(np.float32),
-        static_cat=np.stack([rng.integers(0, 2, n), rng.integers(-1, 3, n)], axis=1).astype(np.int64),
+        static_num=np.stack([rng.normal(65, 15, n), rng.normal(80, 20, n)], axis=1).astype(
+            np.float32
+        ),
+        static_cat=np.stack([rng.integers(0, 2, n), rng.integers(-1, 3, n)], axis=1).astype(
+            np.int64
+        ),
         y=y,
         stay_id=np.arange(1000, 1000 + n, dtype=np.int64),
         patient_id=np.arange(n, dtype=np.int64) // 2,
@@ -67,7 +77,9 @@ def make_tiny_dataset(
         static_num_names=["Age", "Weight"],
         static_cat_names=["Gender", "ICUType"],
         static_cat_levels=[["female", "male"], ["CCU", "CSRU", "MICU"]],
-        class_names=["survived", "died"] if n_classes == 2 else [f"class_{k}" for k in range(n_classes)],
+        class_names=["survived", "died"]
+        if n_classes == 2
+        else [f"class_{k}" for k in range(n_classes)],
     )
 
 

@@ -414,3 +414,21 @@ def test_summarize_seeds_degenerate_inputs() -> None:
     assert none["n"] == 0 and math.isnan(none["mean"])
     same = summarize_seeds([0.5, 0.5, 0.5])
     assert same["std"] == 0.0 and same["ci_low"] == same["ci_high"] == 0.5
+
+
+def test_select_threshold_youden_f1_and_fixed():
+    from backdoor_study.metrics import select_threshold
+
+    y = np.array([0] * 80 + [1] * 20)
+    p1 = np.concatenate([np.linspace(0.0, 0.3, 80), np.linspace(0.2, 0.5, 20)])
+    proba = np.stack([1 - p1, p1], axis=1)
+    t = select_threshold(y, proba, "youden")
+    # the chosen cut separates far better than 0.5, which calls every stay negative here
+    sens = (p1[y == 1] >= t).mean()
+    spec = (p1[y == 0] < t).mean()
+    assert sens + spec - 1 > 0.5 and (p1[y == 1] >= 0.5).mean() < 0.1
+    assert 0 < select_threshold(y, proba, "f1") < 0.5
+    assert select_threshold(y, proba, "0.3") == 0.3
+    with pytest.raises(ValueError, match=r"threshold='best' is invalid.*youden"):
+        select_threshold(y, proba, "best")
+    assert np.isnan(select_threshold(np.array([0, 1, 2]), np.eye(3), "youden"))
