@@ -24,9 +24,8 @@ def test_help_lists_the_config_groups():
     assert out.returncode == 0, out.stderr
     for group in ("data:", "model:", "trigger:", "attack:"):
         assert group in out.stdout
-    assert (
-        "tabtransformer" in out.stdout and "rare_value" in out.stdout and "schema" not in out.stdout
-    )
+    assert "tabtransformer" in out.stdout and "rare_value" in out.stdout
+    assert "python -m backdoor_study.train model=lstm trigger=rare_value" in out.stdout  # examples
 
 
 def test_cfg_job_shows_the_composed_config():
