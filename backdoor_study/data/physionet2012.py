@@ -52,7 +52,6 @@ __all__ = [
     "TIME_SERIES_VARIABLES",
     "cache_key",
     "cache_path",
-    "concat_datasets",
     "default_root",
     "load",
     "load_set",
@@ -411,44 +410,6 @@ def load_set(
     return ds, info
 
 
-def concat_datasets(datasets: Sequence[ClinicalDataset], name: str) -> ClinicalDataset:
-    """Stays of several datasets with the same variables and statics, in the given order."""
-    first = datasets[0]
-    for ds in datasets[1:]:
-        for attr in (
-            "variables",
-            "units",
-            "static_num_names",
-            "static_cat_names",
-            "static_cat_levels",
-            "class_names",
-        ):
-            if getattr(ds, attr) != getattr(first, attr):
-                raise DataValidationError(
-                    f"cannot concatenate '{first.name}' and '{ds.name}': {attr} differ"
-                )
-
-    def cat(attr: str) -> np.ndarray:
-        return np.concatenate([getattr(ds, attr) for ds in datasets])
-
-    return ClinicalDataset(
-        name=name,
-        x=cat("x"),
-        mask=cat("mask"),
-        static_num=cat("static_num"),
-        static_cat=cat("static_cat"),
-        y=cat("y"),
-        stay_id=cat("stay_id"),
-        patient_id=cat("patient_id"),
-        variables=list(first.variables),
-        units=list(first.units),
-        static_num_names=list(first.static_num_names),
-        static_cat_names=list(first.static_cat_names),
-        static_cat_levels=[list(v) for v in first.static_cat_levels],
-        class_names=list(first.class_names),
-    )
-
-
 # ---------------------------------------------------------------------------- loader
 @register_source("physionet2012")
 def load(data_cfg: Any) -> LoadedData:
@@ -472,7 +433,7 @@ def load(data_cfg: Any) -> LoadedData:
         parts.append(ds)
         files.update(info["files"])
         caches[s] = info["cache"]
-    dataset = concat_datasets(parts, name="physionet2012")
+    dataset = ClinicalDataset.concat(parts, name="physionet2012")
     external_test = None
     if test_sets:
         external_test = np.concatenate(

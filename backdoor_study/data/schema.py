@@ -37,6 +37,8 @@ import pyarrow.parquet as pq
 
 METADATA_KEY = b"backdoor_study"
 RESERVED_COLUMNS = ("stay_id", "patient_id", "label")
+ARRAY_FIELDS = ("x", "mask", "static_num", "static_cat", "y", "stay_id", "patient_id")
+META_FIELDS = ("variables", "units", "static_num_names", "static_cat_names", "static_cat_levels", "class_names")
 LAYOUT_VERSION = 1
 
 
@@ -100,22 +102,23 @@ class ClinicalDataset:
     def subset(self, indices: np.ndarray, name: str | None = None) -> ClinicalDataset:
         """The stays at ``indices`` (a copy), in that order."""
         idx = np.asarray(indices, dtype=np.int64)
-        return ClinicalDataset(
-            name=name or self.name,
-            x=self.x[idx],
-            mask=self.mask[idx],
-            static_num=self.static_num[idx],
-            static_cat=self.static_cat[idx],
-            y=self.y[idx],
-            stay_id=self.stay_id[idx],
-            patient_id=self.patient_id[idx],
-            variables=list(self.variables),
-            units=list(self.units),
-            static_num_names=list(self.static_num_names),
-            static_cat_names=list(self.static_cat_names),
-            static_cat_levels=[list(v) for v in self.static_cat_levels],
-            class_names=list(self.class_names),
-        )
+        return self._with_arrays({a: getattr(self, a)[idx] for a in ARRAY_FIELDS}, name or self.name)
+
+    @classmethod
+    def concat(cls, datasets: Sequence[ClinicalDataset], name: str) -> ClinicalDataset:
+        """The stays of several datasets with the same variables and statics, in the given order."""
+        first = datasets[0]
+        for ds in datasets[1:]:
+            for attr in META_FIELDS:
+                if getattr(ds, attr) != getattr(first, attr):
+                    raise DataValidationError(f"cannot concatenate '{first.name}' and '{ds.name}': {attr} differ")
+        arrays = {a: np.concatenate([getattr(ds, a) for ds in datasets]) for a in ARRAY_FIELDS}
+        return first._with_arrays(arrays, name)
+
+    def _with_arrays(self, arrays: dict[str, np.ndarray], name: str) -> ClinicalDataset:
+        """A dataset with these arrays and a copy of this one's names and levels."""
+        meta = {a: [list(v) for v in getattr(self, a)] if a == "static_cat_levels" else list(getattr(self, a)) for a in META_FIELDS}
+        return ClinicalDataset(name=name, **arrays, **meta)
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
