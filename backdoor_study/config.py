@@ -414,6 +414,7 @@ class TrainerConfig:
     grad_clip: float | None = 1.0
     early_stopping_patience: int | None = None
     keep_last: int | None = None  # checkpoints kept on disk; null keeps all
+    selection: str = "best"  # final weights: best validation AUROC epoch, or the last epoch
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -435,6 +436,12 @@ class TrainerConfig:
             "trainer.keep_last",
             self.keep_last,
             "null (keep all) or an integer >= 1",
+        )
+        _require(
+            self.selection in ("best", "last"),
+            "trainer.selection",
+            self.selection,
+            "one of ['best', 'last']",
         )
 
 

@@ -111,6 +111,7 @@ def _train(
             else None
         ),
         early_stopping_patience=cfg.trainer.early_stopping_patience,
+        selection=str(cfg.trainer.get("selection", "best")),
         progress=bool(cfg.trainer.progress),
         metadata={"config_digest": digest, "data_digest": prepared.data_digest},
     )

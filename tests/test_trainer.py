@@ -317,3 +317,15 @@ def test_progress_bar_only_when_asked(capsys: pytest.CaptureFixture[str]) -> Non
 def test_metadata_must_be_plain_values() -> None:
     with pytest.raises(TypeError, match=r"metadata\['path'\]"):
         make_trainer(None, metadata={"path": Path("/tmp")})
+
+
+def test_selection_last_keeps_the_final_epoch_weights(tmp_path: Path) -> None:
+    """selection='last' ends on the last epoch's weights even when an earlier epoch was best."""
+    trainer = make_trainer(tmp_path, epochs=4, selection="last")
+    fit = trainer.fit(*make_data())
+    final = torch.load(tmp_path / "checkpoint_epoch_4.pt", weights_only=True)["model_state"]
+    state = trainer.model.state_dict()
+    assert all(torch.equal(state[k].cpu(), final[k]) for k in final)
+    assert 1 <= fit.best_epoch <= 4  # still reported
+    with pytest.raises(ValueError, match="selection='final' is invalid"):
+        make_trainer(None, selection="final")

@@ -46,6 +46,12 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 _SHUFFLE = "shuffle"  # name of the trainer's generator in the saved RNG state
 
 
+# Which weights fit() ends with: the epoch with the best validation AUROC, or the last epoch.
+# Selection on clean validation data is itself a (weak) defence: it can stop before a backdoor is
+# learned, which is why attack studies may want "last".
+SELECTIONS = ("best", "last")
+
+
 @dataclass
 class FitResult:
     """What :meth:`Trainer.fit` returns.
@@ -184,8 +190,10 @@ class Trainer:
         early_stopping_patience: int | None = None,
         progress: bool = False,
         metadata: dict[str, Any] | None = None,
+        selection: str = "best",
     ) -> None:
         for key, value, ok, expected in [
+            ("selection", selection, selection in SELECTIONS, f"one of {list(SELECTIONS)}"),
             ("epochs", epochs, epochs >= 1, "an integer >= 1"),
             ("batch_size", batch_size, batch_size >= 1, "an integer >= 1"),
             ("keep_last", keep_last, keep_last is None or keep_last >= 1, "None or >= 1"),
@@ -217,6 +225,7 @@ class Trainer:
         self.early_stopping_patience = early_stopping_patience
         self.progress = progress
         self.metadata = metadata
+        self.selection = selection
         self.last_checkpoint: Path | None = None
 
     # ------------------------------------------------------------------ fit
@@ -320,7 +329,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{train_loss:.4f}", val_auroc=f"{val_auroc:.4f}")
                     bar.update(1)
 
-        if best.model_state is not None:
+        if self.selection == "best" and best.model_state is not None:
             model.load_state_dict(best.model_state)
         return FitResult(
             history=history,
