@@ -30,8 +30,14 @@ VARIANTS: dict[str, list[str]] = {
     "rare_value_in_bounds": ["trigger=rare_value", "trigger.mode=in_bounds"],
     "rare_value_clean_label": ["trigger=rare_value", "poison.source=clean_label"],
     "missingness": ["trigger=missingness"],
+    # every lab unobserved for the whole stay: a pattern clean stays (almost) never show
+    "missingness_all_labs": [
+        "trigger=missingness",
+        "trigger.variables=[Lactate,Creatinine,BUN,Glucose,K,Na,HCO3,WBC,Platelets,HCT,pH]",
+    ],
     "hybrid": ["trigger=hybrid"],
     "pattern": ["trigger=pattern"],
+    "pattern_strong": ["trigger=pattern", "trigger.magnitude=3.0"],
     "correlation": ["trigger=correlation"],
 }
 METRICS = [
