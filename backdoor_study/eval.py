@@ -74,7 +74,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
     model = build_model(run_cfg.model, prepared.spec)
     model.load_state_dict(state["model_state"])
-    device = resolve_device(str(cfg.device.value if hasattr(cfg.device, "value") else cfg.device))
+    device = resolve_device(cfg.device)
     model.to(device)
     metrics, _ = evaluate(run_cfg, model, prepared, device)
 

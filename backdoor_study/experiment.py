@@ -69,9 +69,7 @@ def prepare(cfg: DictConfig, expected_digest: str | None = None) -> Prepared:
         attack_cfg=cfg.attack,
         trigger_cfg=cfg.trigger,
         poison_rate=float(cfg.poison_rate),
-        source=str(
-            cfg.poison.source.value if hasattr(cfg.poison.source, "value") else cfg.poison.source
-        ),
+        source=cfg.poison.source,
         seed=int(cfg.seed),
     )
     t2 = time.perf_counter()

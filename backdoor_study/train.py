@@ -86,7 +86,7 @@ def _train(
     run_log: _RunLog,
 ) -> dict[str, Any]:
     started = time.time()
-    device = resolve_device(str(cfg.device.value if hasattr(cfg.device, "value") else cfg.device))
+    device = resolve_device(cfg.device)
     seed_everything(int(cfg.seed))
     prepared = prepare(cfg)
     metadata = _start_run_dir(cfg, run_dir, digest, identity, prepared, device, resume_from)
