@@ -15,7 +15,6 @@ A run directory is self-contained: later stages (eval, detectors, reports) read 
 from __future__ import annotations
 
 import platform
-import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -25,12 +24,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from backdoor_study.utils import read_json, sha256_json
+from backdoor_study.training.checkpoint import list_checkpoints
+from backdoor_study.utils import read_json
 
 METRICS_FILE = "metrics.json"
 METADATA_FILE = "run_metadata.json"
 RESOLVED_CONFIG_FILE = "config_resolved.yaml"
-CHECKPOINT_RE = re.compile(r"^checkpoint_epoch_(\d+)\.pt$")
 # Keys that do not change what a run computes: excluded from the config identity.
 NON_IDENTITY_KEYS = (
     "resume",
@@ -71,21 +70,6 @@ def config_identity(cfg: DictConfig) -> dict[str, Any]:
     return container
 
 
-def config_digest(cfg: DictConfig) -> str:
-    return sha256_json(config_identity(cfg))
-
-
-def checkpoints(run_dir: Path) -> dict[int, Path]:
-    """``{epoch: path}`` of the checkpoints in ``run_dir``."""
-    found = {}
-    if run_dir.is_dir():
-        for p in run_dir.iterdir():
-            m = CHECKPOINT_RE.match(p.name)
-            if m:
-                found[int(m.group(1))] = p
-    return dict(sorted(found.items()))
-
-
 @dataclass
 class RunState:
     """What a run directory holds before a run starts."""
@@ -107,7 +91,7 @@ def inspect(run_dir: Path) -> RunState:
         exists=run_dir.exists(),
         complete=(run_dir / METRICS_FILE).exists(),
         recorded_digest=recorded,
-        checkpoints=checkpoints(run_dir),
+        checkpoints=dict(list_checkpoints(run_dir)),
     )
 
 

@@ -39,8 +39,15 @@ from backdoor_study.training import (
     predict_proba,
     resolve_device,
     seed_everything,
+    write_plain_state,
 )
-from backdoor_study.utils import atomic_write_bytes, atomic_write_text, read_json, write_json
+from backdoor_study.utils import (
+    atomic_write_bytes,
+    atomic_write_text,
+    read_json,
+    sha256_json,
+    write_json,
+)
 
 log = logging.getLogger("backdoor_study.train")
 
@@ -65,8 +72,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """
     validate(cfg)
     run_dir = Path(cfg.run_dir)
-    digest = rundir.config_digest(cfg)
     identity = rundir.config_identity(cfg)
+    digest = sha256_json(identity)
     resume_from = _check_run_dir(cfg, run_dir, digest, identity)
     if resume_from == "skip":
         log.info("run %s already complete with this config: skipped", run_dir)
@@ -381,25 +388,23 @@ def _factory(node: Any) -> Any:
 def _save_final_model(
     path: Path, model: ClinicalModel, digest: str, prepared: Prepared, best_epoch: int
 ) -> None:
-    buf = io.BytesIO()
-    torch.save(
+    spec = prepared.spec
+    write_plain_state(
+        path,
         {
-            "format_version": 1,
             "model_state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
             "best_epoch": int(best_epoch),
             "config_digest": digest,
             "data_digest": prepared.data_digest,
             "spec": {
-                "n_steps": prepared.spec.n_steps,
-                "n_features": prepared.spec.n_features,
-                "n_static_num": prepared.spec.n_static_num,
-                "static_cat_cardinalities": list(prepared.spec.static_cat_cardinalities),
-                "n_classes": prepared.spec.n_classes,
+                "n_steps": spec.n_steps,
+                "n_features": spec.n_features,
+                "n_static_num": spec.n_static_num,
+                "static_cat_cardinalities": list(spec.static_cat_cardinalities),
+                "n_classes": spec.n_classes,
             },
         },
-        buf,
     )
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def _write_history(path: Path, history: list[dict[str, Any]]) -> None:

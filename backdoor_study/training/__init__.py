@@ -9,6 +9,7 @@ from backdoor_study.training.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
+    write_plain_state,
 )
 from backdoor_study.training.rng import (
     capture_rng_state,
@@ -40,4 +41,5 @@ __all__ = [
     "restore_rng_state",
     "save_checkpoint",
     "seed_everything",
+    "write_plain_state",
 ]

@@ -109,6 +109,18 @@ def check_plain(obj: Any, where: str = "checkpoint") -> None:
     )
 
 
+def write_plain_state(path: str | Path, state: dict[str, Any]) -> Path:
+    """``state`` (tensors and plain values only, checked) with ``format_version``, written atomically.
+
+    Checkpoints and ``final_model.pt`` both go through here, so :func:`load_checkpoint` reads
+    either with ``weights_only=True``.
+    """
+    check_plain(state, "checkpoint")
+    buffer = io.BytesIO()
+    torch.save({"format_version": FORMAT_VERSION, **state}, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
 def save_checkpoint(state: dict[str, Any], directory: str | Path, keep_last: int | None) -> Path:
     """Write ``state`` atomically as the checkpoint of ``state['epoch']``, then rotate.
 
@@ -118,12 +130,8 @@ def save_checkpoint(state: dict[str, Any], directory: str | Path, keep_last: int
     """
     if keep_last is not None and keep_last < 1:
         raise ValueError(f"keep_last={keep_last!r} is invalid: expected None or an integer >= 1")
-    check_plain(state, "checkpoint")
     epoch = int(state["epoch"])
-    path = checkpoint_path(directory, epoch)
-    buffer = io.BytesIO()
-    torch.save({"format_version": FORMAT_VERSION, **state}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    path = write_plain_state(checkpoint_path(directory, epoch), state)
     if keep_last is not None:
         older = [p for e, p in list_checkpoints(directory) if e <= epoch]
         for stale in older[:-keep_last]:
