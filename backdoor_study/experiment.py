@@ -62,7 +62,6 @@ def prepare(cfg: DictConfig, expected_digest: str | None = None) -> Prepared:
         )
     t1 = time.perf_counter()
     splits = make_splits(ds, cfg.data.split, loaded.external_test)
-    _check_target_label(cfg, ds)
     poison = poison_dataset(
         ds,
         splits.train,
@@ -103,12 +102,3 @@ def prepare(cfg: DictConfig, expected_digest: str | None = None) -> Prepared:
         triggered_mask=triggered_mask,
         timings={"load_data_s": t1 - t0, "poison_s": t2 - t1, "preprocess_s": t3 - t2},
     )
-
-
-def _check_target_label(cfg: DictConfig, ds: ClinicalDataset) -> None:
-    target = int(cfg.trigger.target_label)
-    if not 0 <= target < ds.n_classes:
-        raise DataValidationError(
-            f"trigger.target_label={target} is invalid for dataset '{ds.name}': valid labels are "
-            f"{list(range(ds.n_classes))} ({ds.class_names})"
-        )

@@ -118,8 +118,7 @@ def poison_dataset(
             f"attack=backdoor with trigger=none and poison_rate={rate} would only relabel stays; "
             "choose a trigger (trigger=rare_value, ...) or set poison_rate=0"
         )
-    if attack == "backdoor" and not is_none:
-        _check_target(trigger, ds)
+    _check_target(trigger, ds)
     # Fit on the CLEAN training split, before anything is changed.
     trigger.fit(ds.subset(train_idx))
 

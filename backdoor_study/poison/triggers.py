@@ -614,7 +614,7 @@ def build_trigger(trigger_cfg: Any) -> Trigger:
     if name == "none" or params.get("_target_") is None:
         if name not in (None, "none"):
             raise ConfigError(f"trigger.name={name!r} has no trigger._target_ to instantiate")
-        return NoTrigger()
+        return NoTrigger(target_label=int(params.get("target_label", 0)))
     # get_class + call rather than hydra.utils.instantiate: the same `_target_` resolution, but
     # our ConfigError reaches the user unwrapped
     target = params.pop("_target_")
