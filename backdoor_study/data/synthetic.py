@@ -448,12 +448,13 @@ def _observation_masks(
 def _match_quantiles(
     v: np.ndarray, mask: np.ndarray, levels: np.ndarray, targets: np.ndarray
 ) -> np.ndarray:
-    """Map ``v`` monotonically so that its observed cells have the ``targets`` quantiles.
+    """The observed cells of ``v`` (``v[mask]``), mapped monotonically onto the ``targets``
+    quantiles.
 
     The hidden process sets each value's rank (who is sicker, which hour is worse); set A sets
     the scale, tails included. The source quantiles come from the observed cells of the first
     ``_QUANTILE_STAYS`` stays (all cells when too few are observed), so the map is the same for
-    every subset of a cohort.
+    every subset of a cohort. Only observed cells are mapped: the rest is never charted.
     """
     head, head_mask = v[:_QUANTILE_STAYS], mask[:_QUANTILE_STAYS]
     sample = head[head_mask] if head_mask.sum() >= 4 * levels.size else head.ravel()
@@ -462,7 +463,7 @@ def _match_quantiles(
     source = np.maximum.accumulate(source) + np.arange(levels.size) * 1e-9 * (
         1.0 + np.abs(source).max()
     )
-    return np.interp(v, source, targets).astype(np.float32)
+    return np.interp(v[mask], source, targets).astype(np.float32)
 
 
 def _risk_score(lat: _Latent, st: _Stays) -> np.ndarray:
@@ -564,21 +565,22 @@ def generate_cohort(
     mask = np.empty((n, t, len(VARIABLES)), dtype=bool)
     pressures: dict[str, np.ndarray] = {}
     for j, (name, spec) in enumerate(zip(VARIABLES, specs)):
-        if name == "MAP":  # consistent with the two pressures of the same reading
+        if name == "MAP":  # consistent with the two pressures of the same (shared) reading
             v = np.round((pressures["SysABP"] + 2.0 * pressures["DiasABP"]) / 3.0)
         else:
-            v = _true_values(rng_values, st, lat, name, t)
+            latent = _true_values(rng_values, st, lat, name, t)
             targets = np.asarray(cal["variables"][name]["quantiles"], dtype=np.float64)
-            v = _match_quantiles(v, masks[name], levels, targets)
-            np.round(v, _PHYSIOLOGY[name].decimals, out=v)
+            v = np.full((n, t), np.nan, dtype=np.float32)
+            v[masks[name]] = np.round(
+                _match_quantiles(latent, masks[name], levels, targets), _PHYSIOLOGY[name].decimals
+            )
+            del latent
         low, high = _CHART_LIMITS.get(name, (spec.low, spec.high))
         np.clip(v, max(low, spec.low), min(high, spec.high), out=v)
         if name == "DiasABP":  # below systolic whatever the noise did
             np.minimum(v, pressures["SysABP"] - 10.0, out=v)
         if name in ("SysABP", "DiasABP"):
             pressures[name] = v
-            v = v.copy()  # MAP still needs the unmasked pressures
-        np.putmask(v, ~masks[name], np.float32(np.nan))
         x[:, :, j] = v
         mask[:, :, j] = masks[name]
     del pressures
