@@ -297,6 +297,28 @@ def test_sample_dev_script_rebuilds_the_dev_subset(tmp_path):
 
 
 # ---------------------------------------------------------------------------- calibration
+def _realism_benchmark():
+    spec = importlib.util.spec_from_file_location(
+        "synthetic_realism", REPO_ROOT / "benchmarks" / "synthetic_realism.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_realism_checks_pass_on_the_cohort_and_miss_on_a_dense_chart(cohort):
+    bench = _realism_benchmark()
+    checks = bench.realism_checks(bench.realism_table(cohort, calibration()))
+    assert all(ok for _, ok, _ in checks.values()), checks
+    # the old generator's failure mode: everything charted every hour, no informative missingness
+    dense = cohort.subset(np.arange(cohort.n_stays))
+    dense.mask[:] = True
+    dense.x[:] = np.where(np.isnan(dense.x), np.nanmedian(dense.x, axis=(0, 1)), dense.x)
+    checks = bench.realism_checks(bench.realism_table(dense, calibration()))
+    missed = [k for k, (_, ok, _) in checks.items() if not ok]
+    assert any("obs-rate" in k for k in missed) and any("halfway" in k for k in missed), missed
+
+
 @pytest.mark.physionet
 def test_calibration_file_is_what_the_script_derives_from_set_a(physionet_root, tmp_path):
     spec = importlib.util.spec_from_file_location(
