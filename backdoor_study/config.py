@@ -576,7 +576,7 @@ class ActivationClusteringDetectorConfig(DetectorConfig):
     name: str = "activation_clustering"
     n_components: int = 10
     reduction: str = "ica"
-    seed: int = 0
+    random_state: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -596,7 +596,9 @@ class SpectreDetectorConfig(DetectorConfig):
     name: str = "spectre"
     n_components: int = 16
     alpha: float = 4.0
-    seed: int = 0
+    support_fraction: float | None = None  # MinCovDet's; null = its default
+    max_fit_rows: int = 20_000  # the robust covariance is fitted on at most this many rows
+    random_state: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -604,6 +606,15 @@ class SpectreDetectorConfig(DetectorConfig):
             self.n_components >= 1, "detector.n_components", self.n_components, "an integer >= 1"
         )
         _require(self.alpha > 0, "detector.alpha", self.alpha, "a number > 0")
+        _require(
+            self.support_fraction is None or 0.0 < self.support_fraction <= 1.0,
+            "detector.support_fraction",
+            self.support_fraction,
+            "null or a fraction in (0, 1]",
+        )
+        _require(
+            self.max_fit_rows >= 2, "detector.max_fit_rows", self.max_fit_rows, "an integer >= 2"
+        )
 
 
 @dataclass
@@ -620,13 +631,25 @@ class SaliencyDetectorConfig(DetectorConfig):
 @dataclass
 class IsolationForestDetectorConfig(DetectorConfig):
     name: str = "isolation_forest"
-    n_estimators: int = 200
-    seed: int = 0
+    n_estimators: int = 100
+    # trees' sample size: 'auto' (min(256, n)), an integer >= 1 or a fraction in (0, 1]
+    max_samples: Any = "auto"
+    per_class: bool = True  # score each class on its own (poison is unusual for its label)
+    random_state: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(
             self.n_estimators >= 1, "detector.n_estimators", self.n_estimators, "an integer >= 1"
+        )
+        m = self.max_samples
+        _require(
+            m == "auto"
+            or (isinstance(m, int) and not isinstance(m, bool) and m >= 1)
+            or (isinstance(m, float) and 0.0 < m <= 1.0),
+            "detector.max_samples",
+            m,
+            "'auto', an integer >= 1 or a fraction in (0, 1]",
         )
 
 
