@@ -575,7 +575,13 @@ class SpectralDetectorConfig(DetectorConfig):
 class ActivationClusteringDetectorConfig(DetectorConfig):
     name: str = "activation_clustering"
     n_components: int = 10
-    reduction: str = "ica"
+    reducer: str = "pca"  # fastica | pca
+    # which 2-means splits count as poison: size | silhouette | size_or_silhouette | size_and_silhouette
+    rule: str = "size"
+    size_threshold: float = 0.35  # the smaller cluster holds at most this share of its class
+    silhouette_threshold: float = 0.15
+    silhouette_rows: int = 5000
+    flag_rule: str = "cluster"  # cluster (the whole smaller cluster) | budget (its top by score)
     random_state: int = 0
 
     def __post_init__(self) -> None:
@@ -583,11 +589,31 @@ class ActivationClusteringDetectorConfig(DetectorConfig):
         _require(
             self.n_components >= 1, "detector.n_components", self.n_components, "an integer >= 1"
         )
+        choices = {
+            "reducer": ("fastica", "pca"),
+            "rule": ("size", "silhouette", "size_or_silhouette", "size_and_silhouette"),
+            "flag_rule": ("cluster", "budget"),
+        }
+        for key, valid in choices.items():
+            value = getattr(self, key)
+            _require(value in valid, f"detector.{key}", value, f"one of {list(valid)}")
         _require(
-            self.reduction in ("ica", "pca"),
-            "detector.reduction",
-            self.reduction,
-            "one of ['ica', 'pca']",
+            0.0 < self.size_threshold <= 0.5,
+            "detector.size_threshold",
+            self.size_threshold,
+            "a fraction in (0, 0.5]",
+        )
+        _require(
+            -1.0 <= self.silhouette_threshold <= 1.0,
+            "detector.silhouette_threshold",
+            self.silhouette_threshold,
+            "a number in [-1, 1]",
+        )
+        _require(
+            self.silhouette_rows >= 2,
+            "detector.silhouette_rows",
+            self.silhouette_rows,
+            "an integer >= 2",
         )
 
 
@@ -620,12 +646,19 @@ class SpectreDetectorConfig(DetectorConfig):
 @dataclass
 class SaliencyDetectorConfig(DetectorConfig):
     name: str = "saliency"
-    method: str = "integrated_gradients"
-    n_steps: int = 8
+    method: str = "integrated_gradients"  # integrated_gradients | input_x_gradient | saliency
+    n_steps: int = 4  # integrated gradients only
+    unit: str = "variable"  # concentration on one variable, or on one variable x hour cell
+    batch_size: int = 256  # stays per attribution call
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        methods = ("integrated_gradients", "input_x_gradient", "saliency")
+        _require(self.method in methods, "detector.method", self.method, f"one of {list(methods)}")
         _require(self.n_steps >= 1, "detector.n_steps", self.n_steps, "an integer >= 1")
+        units = ("variable", "cell")
+        _require(self.unit in units, "detector.unit", self.unit, f"one of {list(units)}")
+        _require(self.batch_size >= 1, "detector.batch_size", self.batch_size, "an integer >= 1")
 
 
 @dataclass

@@ -245,6 +245,9 @@ def _detect(
             "seconds_per_1000": 1000.0 * wall_s / max(n, 1),
         }
     )
+    report = getattr(detector, "class_report_", None)  # activation clustering's evidence
+    if report:
+        metrics["class_report"] = {str(c): r for c, r in report.items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_npy(out_dir / SCORES_FILE, scores.astype(np.float64))
     _write_npy(out_dir / FLAGGED_FILE, np.flatnonzero(flagged).astype(np.int64))
@@ -282,8 +285,9 @@ def _resolve_rate(cfg: DictConfig, poison_rate: float) -> float:
 
 def _score(
     cfg: DictConfig, detector: Any, name: str, loaded: Any, labels: np.ndarray
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """(N,) scores and, for attribution detectors, the (C, T, F) class-average attribution map."""
+) -> tuple[np.ndarray, dict[int, np.ndarray] | None]:
+    """(N,) scores and, for attribution detectors, the class-average attribution maps
+    ({class: (T, F)})."""
     from backdoor_study.training import penultimate_features
 
     batch = loaded.prepared.batches["train"]
@@ -292,11 +296,10 @@ def _score(
         features = flatten_inputs(batch)
         return np.asarray(detector.score(features, labels), dtype=np.float64), None
     if kind == INPUT_ATTRIBUTIONS:
-        attributions = detector.attributions(
-            loaded.model, batch, labels, batch_size=int(cfg.batch_size), device=loaded.device
-        )
+        on_device = {k: v.to(loaded.device) for k, v in batch.items()}
+        attributions = detector.attributions(loaded.model, on_device, labels)
         scores = np.asarray(detector.score(attributions, labels), dtype=np.float64)
-        return scores, class_attribution_map(attributions, labels)
+        return scores, detector.class_attribution_maps(attributions, labels)
     features = penultimate_features(
         loaded.model, batch, batch_size=int(cfg.batch_size), device=loaded.device
     )
@@ -309,16 +312,6 @@ def flatten_inputs(batch: dict[str, Any]) -> np.ndarray:
     parts = [batch[k].reshape(n, -1).double().numpy() for k in ("x", "mask", "static_num")]
     parts.append(batch["static_cat"].reshape(n, -1).double().numpy())
     return np.concatenate(parts, axis=1)
-
-
-def class_attribution_map(attributions: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """(C, T, F) mean absolute attribution per class over its stays."""
-    attributions = np.abs(np.asarray(attributions, dtype=np.float64))
-    classes = np.unique(labels)
-    out = np.zeros((int(classes.max()) + 1, *attributions.shape[1:]))
-    for c in classes:
-        out[c] = attributions[labels == c].mean(axis=0)
-    return out
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
@@ -369,18 +362,17 @@ def plot_scores(
     atomic_write_bytes(path, buf.getvalue())
 
 
-def plot_attribution_map(path: Path, attribution_map: np.ndarray, variables: list[str]) -> None:
-    """Per class: mean |attribution| over variables (rows) x hours (columns)."""
+def plot_attribution_map(path: Path, maps: dict[int, np.ndarray], variables: list[str]) -> None:
+    """Per class: the class-average share of attribution, variables (rows) x hours (columns)."""
     plt = _figure()
-    n_classes = attribution_map.shape[0]
     fig, axes = plt.subplots(
-        1, n_classes, figsize=(6 * n_classes, 0.25 * len(variables) + 1.5), squeeze=False
+        1, len(maps), figsize=(6 * len(maps), 0.25 * len(variables) + 1.5), squeeze=False
     )
-    for c, ax in enumerate(axes[0]):
-        im = ax.imshow(attribution_map[c].T, aspect="auto", cmap="viridis", interpolation="nearest")
+    for ax, (c, share) in zip(axes[0], sorted(maps.items())):
+        im = ax.imshow(share.T, aspect="auto", cmap="viridis", interpolation="nearest")
         ax.set_yticks(range(len(variables)), variables, fontsize=7)
         ax.set_xlabel("hour")
-        ax.set_title(f"class {c}: mean |attribution|")
+        ax.set_title(f"class {c}: mean share of |attribution|")
         fig.colorbar(im, ax=ax, fraction=0.03)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -32,6 +32,8 @@ def sha256_indices(indices: np.ndarray) -> str:
 
 
 def _json_default(o: Any) -> Any:
+    if isinstance(o, np.bool_):
+        return bool(o)
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.floating):
