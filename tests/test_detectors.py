@@ -113,3 +113,115 @@ def test_bad_inputs_are_rejected() -> None:
         det.score(x, y)
     with pytest.raises(ValueError, match=r"expected_rate=1.2 is invalid"):
         det.flag(np.zeros(50), y, expected_rate=1.2)
+
+
+# ---------------------------------------------------------------- penultimate-feature detectors
+
+FEATURE_LEVEL = ("spectral", "activation_clustering", "spectre")
+
+
+def planted_cluster(
+    n: int = 2000, d: int = 32, rate: float = 0.05, seed: int = 0, shift: float = 4.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Penultimate-like features (n, d): two anisotropic Gaussian classes; poisoned rows (all
+    labelled 0, as dirty-label poison) are spread like clean rows but shifted ``shift`` largest
+    clean standard deviations along a random direction (on real MLP / LSTM penultimate features
+    the poison's spread matches the clean class's; a tight cluster would instead capture
+    MinCovDet's core, which favours concentrated points)."""
+    rng = np.random.default_rng(seed)
+    scale = np.linspace(2.0, 0.5, d)
+    y = (rng.random(n) < 0.3).astype(np.int64)
+    x = rng.standard_normal((n, d)) * scale + 1.5 * y[:, None]
+    is_poisoned = np.zeros(n, dtype=bool)
+    is_poisoned[rng.choice(n, int(rate * n), replace=False)] = True
+    y[is_poisoned] = 0
+    direction = rng.standard_normal(d)
+    direction /= np.linalg.norm(direction)
+    k = int(is_poisoned.sum())
+    x[is_poisoned] = shift * 2.0 * direction + rng.standard_normal((k, d)) * scale
+    return x, y, is_poisoned
+
+
+@pytest.mark.parametrize("name", FEATURE_LEVEL)
+def test_feature_detectors_find_a_planted_cluster(name: str) -> None:
+    x, y, is_poisoned = planted_cluster()
+    det = build_detector(name)
+    scores = det.score(x, y)
+    assert scores.shape == (x.shape[0],) and np.all(np.isfinite(scores))
+    flagged = det.flag(scores, y, expected_rate=is_poisoned[y == 0].mean())
+    m = detection_metrics(is_poisoned, scores, flagged, y, target_label=0)
+    assert m["auroc"] > 0.9, m
+    assert m["recall"] > 0.8, m
+
+
+def test_spectre_beats_spectral_where_the_poison_hides_in_a_low_variance_direction() -> None:
+    # the poison sits along the clean class's smallest axis: the top singular vector (spectral)
+    # follows the large clean variance; robust whitening (spectre) exposes the poison
+    rng = np.random.default_rng(2)
+    n, d = 3000, 16
+    y = np.zeros(n, dtype=np.int64)
+    x = rng.standard_normal((n, d)) * np.linspace(4.0, 0.3, d)
+    is_poisoned = np.zeros(n, dtype=bool)
+    is_poisoned[:150] = True
+    x[is_poisoned, -1] += 2.0
+    spectral = build_detector("spectral").score(x, y)
+    spectre = build_detector("spectre", n_components=16).score(x, y)
+    a_spectral = detection_metrics(is_poisoned, spectral, is_poisoned, y, 0)["auroc"]
+    a_spectre = detection_metrics(is_poisoned, spectre, is_poisoned, y, 0)["auroc"]
+    assert a_spectre > 0.99 and a_spectral < 0.7, (a_spectre, a_spectral)
+
+
+@pytest.mark.parametrize("name", ("spectral", "spectre"))
+def test_feature_detectors_flag_their_budget_on_clean_features(name: str) -> None:
+    x, y, _ = planted_cluster(rate=0.0, seed=3)
+    det = build_detector(name)
+    flagged = det.flag(det.score(x, y), y, expected_rate=0.04)
+    expected = sum(int(np.floor(1.5 * 0.04 * np.sum(y == c))) for c in (0, 1))
+    assert flagged.sum() == expected
+
+
+def test_activation_clustering_flags_nothing_without_a_poison_split() -> None:
+    x, y, _ = planted_cluster(rate=0.0, seed=4)
+    det = build_detector("activation_clustering")
+    scores = det.score(x, y)
+    assert not any(r["poison_split"] for r in det.class_report_.values()), det.class_report_
+    assert not det.flag(scores, y, expected_rate=0.05).any()
+    # ... but its scores still rank: a continuous margin, not 0/1
+    assert np.unique(scores).size > 100
+
+
+def test_activation_clustering_flags_the_small_cluster_and_needs_score_first() -> None:
+    x, y, is_poisoned = planted_cluster()
+    det = build_detector("activation_clustering")
+    with pytest.raises(ValueError, match="call score"):
+        det.flag(np.zeros(len(y)), y, 0.05)
+    scores = det.score(x, y)
+    assert det.class_report_[0]["poison_split"] and not det.class_report_[1]["poison_split"]
+    flagged = det.flag(scores, y, expected_rate=0.05)
+    m = detection_metrics(is_poisoned, scores, flagged, y, target_label=0)
+    assert m["recall"] > 0.95 and m["precision"] > 0.85, m
+    budget = build_detector("activation_clustering", flag_rule="budget")
+    flagged = budget.flag(budget.score(x, y), y, expected_rate=0.05)
+    assert flagged.sum() == int(np.floor(0.075 * np.sum(y == 0))) and not flagged[y == 1].any()
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "key"),
+    [
+        ("activation_clustering", {"reducer": "tsne"}, "reducer"),
+        ("activation_clustering", {"rule": "gap"}, "rule"),
+        ("activation_clustering", {"size_threshold": 0.7}, "size_threshold"),
+        ("activation_clustering", {"flag_rule": "all"}, "flag_rule"),
+        ("activation_clustering", {"n_components": 0}, "n_components"),
+        ("spectre", {"alpha": -1.0}, "alpha"),
+        ("spectre", {"support_fraction": 1.0}, "support_fraction"),
+        ("spectre", {"n_components": 0}, "n_components"),
+        ("spectral", {"eps_multiplier": -1}, "eps_multiplier"),
+        ("saliency", {"method": "lime"}, "method"),
+        ("saliency", {"unit": "hour"}, "unit"),
+        ("saliency", {"n_steps": 0}, "n_steps"),
+    ],
+)
+def test_bad_feature_detector_parameters_are_rejected(name: str, params: dict, key: str) -> None:
+    with pytest.raises(ValueError, match=rf"{key}=.* is invalid: expected"):
+        build_detector(name, **params)
