@@ -7,11 +7,14 @@ detector here (model in, numbers out; no files):
 
 1. ``attributions(model, batch, labels) -> (N, T, F)``: attribution of each stay's trained label
    (poisoned stays carry the target label) w.r.t. its grid, in batches of ``batch_size``.
-2. ``score(attributions, labels) -> (N,)``: each stay's largest share of absolute attribution
-   mass on one variable (``unit="variable"``) or one cell (``unit="cell"``), robustly
-   standardised against its class (median and MAD of that largest share over the class). A
-   per-variable z-score was tried and is worse (AUROC 0.93 vs 0.999 on MLP rare_value 5%): a
-   variable that rarely matters has a tiny spread, so any stay leaning on it looks extreme.
+2. ``score(attributions, labels) -> (N,)``: each stay's share of absolute attribution mass per
+   variable (``unit="variable"``) or per cell (``unit="cell"``), minus its class's median share
+   of that unit; the score is the largest excess, i.e. how much more of the decision rests on
+   one unit than is usual in the class. Tried and worse: the class-standardised largest share
+   (a concentration score blind to *where*: where one variable carries every clean decision,
+   poisoned stays are the less concentrated ones, AUROC 0.32 on the small test cohort) and a
+   per-unit z-score (a unit that rarely matters has a tiny spread, so any stay leaning on it
+   looks extreme; 0.93 on MLP).
 
 ``class_attribution_maps`` gives the class-average share of attribution over (hours x
 variables), the figure that shows where a trigger sits.
@@ -43,14 +46,16 @@ class SaliencyDetector(Detector):
     ``unit`` one of ``UNITS``; ``batch_size`` >= 1 stays per attribution call (integrated
     gradients evaluates ``batch_size x n_steps`` rows per forward pass).
 
-    Measured on the synthetic rare_value 5% runs, one thread (AUROC, seconds per 1,000 stays):
-    integrated gradients 4 steps MLP 0.999 / 0.3-0.7 s, LSTM 0.990 / 3.7 s; 8 steps the same
-    AUROC at twice the time; input x gradient MLP 0.999 / 0.2-0.6 s, LSTM 0.988 / 1.9 s;
-    plain saliency (|gradient|) MLP 0.89. ``unit="cell"`` is worse (LSTM 0.41-0.77): the
-    trigger spans a 12-hour window, so its mass is spread over cells but sits on one variable.
+    Measured on the synthetic rare_value 5% runs, one thread, seconds per 1,000 stays:
+    integrated gradients 4 steps MLP 0.3-0.7 s, LSTM 3.7 s (8 steps: no better, twice the
+    time); input x gradient MLP 0.1-0.6 s, LSTM 1.0-1.9 s; plain saliency MLP 0.9 s, LSTM
+    2.9 s. Detection AUROC (per-variable excess share): input x gradient 0.996 (MLP) / 0.994
+    (LSTM), integrated gradients 4 steps 0.995 / 0.997, plain saliency 0.70 / 0.90; hence the
+    default, the cheapest that keeps the AUROC (it is IG's one-step limit from a zero baseline). ``unit="cell"`` suits short triggers; a 12-hour trigger
+    spreads its mass over cells but keeps it on one variable.
     """
 
-    method: str = "integrated_gradients"
+    method: str = "input_x_gradient"
     n_steps: int = 4
     unit: str = "variable"
     batch_size: int = 256
@@ -111,7 +116,7 @@ class SaliencyDetector(Detector):
                     kwargs["n_steps"] = self.n_steps
                 elif self.method == "saliency":
                     kwargs["abs"] = True
-                attr = explainer.attribute(x[part].detach().clone(), **kwargs)
+                attr = explainer.attribute(x[part].detach().clone().requires_grad_(), **kwargs)
                 out[part] = attr.detach().cpu().numpy()
         finally:
             model.train(was_training)
@@ -132,11 +137,10 @@ class SaliencyDetector(Detector):
         return np.divide(units, total, out=np.zeros_like(units), where=total > 0)
 
     def score(self, attributions: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """(N,) scores from attributions (N, T, F) and labels (N,): how concentrated a stay's
-        attribution is (its largest share of |attribution| mass on one variable or cell),
-        robustly standardised against its class (median and MAD of that concentration)."""
-        concentration = self.shares(attributions).max(axis=1, keepdims=True)
-        return per_class(concentration, labels, lambda c: _robust_z(c[:, 0]))
+        """(N,) scores from attributions (N, T, F) and labels (N,): the largest excess of a
+        stay's attribution share on one unit (variable or cell) over its class's median share
+        on that unit."""
+        return per_class(self.shares(attributions), labels, _largest_excess_share)
 
     def class_attribution_maps(
         self, attributions: np.ndarray, labels: np.ndarray
@@ -156,10 +160,6 @@ class SaliencyDetector(Detector):
         return {int(c): share[labels == c].mean(axis=0) for c in np.unique(labels)}
 
 
-def _robust_z(values: np.ndarray) -> np.ndarray:
-    """(values - median) / (1.4826 MAD) over one class; all zeros when the class has no spread."""
-    centre = np.median(values)
-    spread = 1.4826 * np.median(np.abs(values - centre))
-    if spread <= 0:
-        spread = float(np.std(values))
-    return (values - centre) / spread if spread > 0 else np.zeros_like(values)
+def _largest_excess_share(shares: np.ndarray) -> np.ndarray:
+    """(n,) max over units of (share - the class's median share of that unit), shares (n, U)."""
+    return (shares - np.median(shares, axis=0)).max(axis=1)
