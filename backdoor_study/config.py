@@ -569,6 +569,12 @@ class DetectorConfig:
 @dataclass
 class SpectralDetectorConfig(DetectorConfig):
     name: str = "spectral"
+    tail: str = "skew"  # skew (one side: the projections' long tail) | both (squared, the paper's)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        tails = ("skew", "both")
+        _require(self.tail in tails, "detector.tail", self.tail, f"one of {list(tails)}")
 
 
 @dataclass
@@ -622,8 +628,8 @@ class SpectreDetectorConfig(DetectorConfig):
     name: str = "spectre"
     n_components: int = 16
     alpha: float = 4.0
-    support_fraction: float | None = None  # MinCovDet's; null = its default
-    max_fit_rows: int = 20_000  # the robust covariance is fitted on at most this many rows
+    support_fraction: float | None = 0.9  # MinCovDet's; null = its default
+    max_fit_rows: int = 2_000  # the robust covariance is fitted on at most this many rows
     random_state: int = 0
 
     def __post_init__(self) -> None:
@@ -646,7 +652,7 @@ class SpectreDetectorConfig(DetectorConfig):
 @dataclass
 class SaliencyDetectorConfig(DetectorConfig):
     name: str = "saliency"
-    method: str = "integrated_gradients"  # integrated_gradients | input_x_gradient | saliency
+    method: str = "input_x_gradient"  # integrated_gradients | input_x_gradient | saliency
     n_steps: int = 4  # integrated gradients only
     unit: str = "variable"  # concentration on one variable, or on one variable x hour cell
     batch_size: int = 256  # stays per attribution call

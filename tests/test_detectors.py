@@ -217,6 +217,7 @@ def test_activation_clustering_flags_the_small_cluster_and_needs_score_first() -
         ("spectre", {"support_fraction": 1.0}, "support_fraction"),
         ("spectre", {"n_components": 0}, "n_components"),
         ("spectral", {"eps_multiplier": -1}, "eps_multiplier"),
+        ("spectral", {"tail": "left"}, "tail"),
         ("saliency", {"method": "lime"}, "method"),
         ("saliency", {"unit": "hour"}, "unit"),
         ("saliency", {"n_steps": 0}, "n_steps"),
