@@ -25,7 +25,7 @@ integrated gradients with 4 steps, plain saliency): detection AUROC and seconds 
 
 Part 2, scale (``--scale``): our detectors on N x 64 synthetic features (two classes, a planted
 5% cluster), no model pass, against a plain numpy spectral signature (``np.linalg.svd`` of each
-centred class) timed in the same run.
+centred class) timed in the same run, and ART's two defences up to ``--art-max-n`` stays.
 
 ART is an optional extra (``pip install -e .[art]``), used only here; without it Part 1 prints
 ours alone and says so.
@@ -272,11 +272,12 @@ def numpy_spectral(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return scores
 
 
-def scale(sizes: list[int]) -> None:
+def scale(sizes: list[int], art_max_n: int, with_art: bool) -> None:
     print(
         "\n## scale: N x 64 features, 2 classes, 5% planted cluster (no model pass)\n\n"
-        "| N | numpy spectral s | ours spectral s | ratio | ours spectre s | ours AC s | "
-        "AUROC spectral / spectre / AC |\n| --- | --- | --- | --- | --- | --- | --- |"
+        "| N | numpy spectral s | ours spectral s | numpy / ours | ours spectre s | ours AC s | "
+        "ART spectral s | ART AC s | AUROC spectral / spectre / AC |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     )
     for n in sizes:
         x, y, is_poisoned = planted(n)
@@ -290,9 +291,14 @@ def scale(sizes: list[int]) -> None:
             scores = det.score(x, y)
             row.append(time.perf_counter() - t0)
             aurocs.append(detection_metrics(is_poisoned, scores, is_poisoned, y, 0)["auroc"])
+        art = ["-", "-"]
+        if with_art and n <= art_max_n:
+            for i, method in enumerate((art_spectral(0.33), art_activation_clustering("smaller"))):
+                _, seconds, error = timed(method, x, y, 0.05)
+                art[i] = error or f"{seconds:.2f}"
         print(
             f"| {n:,} | {t_numpy:.2f} | {row[0]:.2f} | {t_numpy / row[0]:.1f}x | {row[1]:.2f} | "
-            f"{row[2]:.2f} | {' / '.join(f'{a:.3f}' for a in aurocs)} |",
+            f"{row[2]:.2f} | {art[0]} | {art[1]} | {' / '.join(f'{a:.3f}' for a in aurocs)} |",
             flush=True,
         )
 
@@ -306,6 +312,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--runs-root", default="runs/bench_detectors")
     p.add_argument("--scale", nargs="*", type=int, default=[10_000, 100_000, 1_000_000])
+    p.add_argument(
+        "--art-max-n", type=int, default=100_000, help="time ART in the scale part up to this N"
+    )
     p.add_argument("--skip-compare", action="store_true", help="only the scale part")
     args = p.parse_args()
     try:
@@ -318,7 +327,7 @@ def main() -> None:
     if not args.skip_compare:
         compare(args, with_art)
     if args.scale:
-        scale(args.scale)
+        scale(args.scale, args.art_max_n, with_art)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,8 @@ class ActivationClustering(Detector):
         self.class_report_ = {}
         for c in np.unique(labels):
             idx = np.flatnonzero(labels == c)
-            scores[idx], self.class_report_[int(c)] = self._class_scores(features[idx])
+            rows = features[idx].astype(np.float64, copy=False)
+            scores[idx], self.class_report_[int(c)] = self._class_scores(rows)
         return scores
 
     def _reduce(self, rows: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ class _OutlierDetector(Detector):
         """(N,) outlier scores of features (N, D) with labels (N,); higher = more unusual."""
         features, labels = _check(features, labels)
         if not self.per_class:
-            return self._outlier_scores(features)
+            return self._outlier_scores(features.astype(np.float64, copy=False))
         return per_class(features, labels, self._outlier_scores)
 
     def _outlier_scores(self, rows: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
