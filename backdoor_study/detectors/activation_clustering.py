@@ -22,7 +22,7 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA, FastICA
 from sklearn.metrics import silhouette_score
 
-from backdoor_study.detectors.base import Detector, _check, require
+from backdoor_study.detectors.base import Detector, _check, require, require_int
 
 REDUCERS = ("fastica", "pca")
 RULES = ("size", "silhouette", "size_or_silhouette", "size_and_silhouette")
@@ -63,12 +63,7 @@ class ActivationClustering(Detector):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(
-            isinstance(self.n_components, int) and self.n_components >= 1,
-            "n_components",
-            self.n_components,
-            "an integer >= 1",
-        )
+        require_int(self, "n_components")
         require(self.reducer in REDUCERS, "reducer", self.reducer, f"one of {REDUCERS}")
         require(self.rule in RULES, "rule", self.rule, f"one of {RULES}")
         require(self.flag_rule in FLAG_RULES, "flag_rule", self.flag_rule, f"one of {FLAG_RULES}")
@@ -85,12 +80,7 @@ class ActivationClustering(Detector):
             self.silhouette_threshold,
             "a number in [-1, 1]",
         )
-        require(
-            isinstance(self.silhouette_rows, int) and self.silhouette_rows >= 2,
-            "silhouette_rows",
-            self.silhouette_rows,
-            "an integer >= 2",
-        )
+        require_int(self, "silhouette_rows", minimum=2)
 
     def score(self, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
         features, labels = _check(features, labels)

@@ -63,6 +63,14 @@ def require(ok: bool, key: str, value: Any, expected: str) -> None:
         raise ValueError(f"{key}={value!r} is invalid: expected {expected}")
 
 
+def require_int(obj: object, *keys: str, minimum: int = 1) -> None:
+    """Each ``obj.<key>`` must be an integer >= ``minimum`` (bool is not an integer here)."""
+    for key in keys:
+        value = getattr(obj, key)
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+        require(ok, key, value, f"an integer >= {minimum}")
+
+
 @dataclass
 class Detector:
     """Base class. Subclasses implement :meth:`score`; :meth:`flag` may be overridden.

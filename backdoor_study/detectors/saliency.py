@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from backdoor_study.detectors.base import Detector, per_class, require
+from backdoor_study.detectors.base import Detector, per_class, require, require_int
 
 METHODS = ("integrated_gradients", "input_x_gradient", "saliency")
 UNITS = ("variable", "cell")
@@ -66,9 +66,7 @@ class SaliencyDetector(Detector):
         super().__post_init__()
         require(self.method in METHODS, "method", self.method, f"one of {METHODS}")
         require(self.unit in UNITS, "unit", self.unit, f"one of {UNITS}")
-        for key in ("n_steps", "batch_size"):
-            value = getattr(self, key)
-            require(isinstance(value, int) and value >= 1, key, value, "an integer >= 1")
+        require_int(self, "n_steps", "batch_size")
 
     # ------------------------------------------------------------------ attributions
     def attributions(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.covariance import MinCovDet
 
-from backdoor_study.detectors.base import Detector, per_class, require
+from backdoor_study.detectors.base import Detector, per_class, require, require_int
 from backdoor_study.detectors.spectral import principal_projections
 
 
@@ -54,12 +54,7 @@ class Spectre(Detector):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(
-            isinstance(self.n_components, int) and self.n_components >= 1,
-            "n_components",
-            self.n_components,
-            "an integer >= 1",
-        )
+        require_int(self, "n_components")
         require(
             isinstance(self.alpha, (int, float)) and self.alpha >= 0,
             "alpha",
@@ -73,12 +68,7 @@ class Spectre(Detector):
             f,
             "null or a fraction in (0, 1)",
         )
-        require(
-            isinstance(self.max_fit_rows, int) and self.max_fit_rows >= 2,
-            "max_fit_rows",
-            self.max_fit_rows,
-            "an integer >= 2",
-        )
+        require_int(self, "max_fit_rows", minimum=2)
 
     def score(self, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return per_class(features, labels, self._class_scores)
