@@ -654,7 +654,8 @@ class SaliencyDetectorConfig(DetectorConfig):
     name: str = "saliency"
     method: str = "input_x_gradient"  # integrated_gradients | input_x_gradient | saliency
     n_steps: int = 4  # integrated gradients only
-    unit: str = "variable"  # concentration on one variable, or on one variable x hour cell
+    unit: str = "variable"  # evidence on one variable, or on one variable x hour cell
+    evidence: str = "positive"  # positive attribution (towards the label) | share of |attribution|
     batch_size: int = 256  # stays per attribution call
 
     def __post_init__(self) -> None:
@@ -664,6 +665,13 @@ class SaliencyDetectorConfig(DetectorConfig):
         _require(self.n_steps >= 1, "detector.n_steps", self.n_steps, "an integer >= 1")
         units = ("variable", "cell")
         _require(self.unit in units, "detector.unit", self.unit, f"one of {list(units)}")
+        evidence = ("positive", "share")
+        _require(
+            self.evidence in evidence,
+            "detector.evidence",
+            self.evidence,
+            f"one of {list(evidence)}",
+        )
         _require(self.batch_size >= 1, "detector.batch_size", self.batch_size, "an integer >= 1")
 
 

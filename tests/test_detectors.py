@@ -221,6 +221,7 @@ def test_activation_clustering_flags_the_small_cluster_and_needs_score_first() -
         ("saliency", {"method": "lime"}, "method"),
         ("saliency", {"unit": "hour"}, "unit"),
         ("saliency", {"n_steps": 0}, "n_steps"),
+        ("saliency", {"evidence": "mean"}, "evidence"),
     ],
 )
 def test_bad_feature_detector_parameters_are_rejected(name: str, params: dict, key: str) -> None:
