@@ -587,6 +587,7 @@ class ActivationClusteringDetectorConfig(DetectorConfig):
     size_threshold: float = 0.35  # the smaller cluster holds at most this share of its class
     silhouette_threshold: float = 0.15
     silhouette_rows: int = 5000
+    max_fit_rows: int = 100_000  # 2-means is fitted on at most this many rows of a class
     flag_rule: str = "cluster"  # cluster (the whole smaller cluster) | budget (its top by score)
     random_state: int = 0
 
@@ -620,6 +621,9 @@ class ActivationClusteringDetectorConfig(DetectorConfig):
             "detector.silhouette_rows",
             self.silhouette_rows,
             "an integer >= 2",
+        )
+        _require(
+            self.max_fit_rows >= 2, "detector.max_fit_rows", self.max_fit_rows, "an integer >= 2"
         )
 
 
