@@ -641,12 +641,12 @@ class SpectreDetectorConfig(DetectorConfig):
         _require(
             self.n_components >= 1, "detector.n_components", self.n_components, "an integer >= 1"
         )
-        _require(self.alpha > 0, "detector.alpha", self.alpha, "a number > 0")
+        _require(self.alpha >= 0, "detector.alpha", self.alpha, "a number >= 0")
         _require(
-            self.support_fraction is None or 0.0 < self.support_fraction <= 1.0,
+            self.support_fraction is None or 0.0 < self.support_fraction < 1.0,
             "detector.support_fraction",
             self.support_fraction,
-            "null or a fraction in (0, 1]",
+            "null or a fraction in (0, 1)",
         )
         _require(
             self.max_fit_rows >= 2, "detector.max_fit_rows", self.max_fit_rows, "an integer >= 2"
