@@ -569,6 +569,12 @@ class DetectorConfig:
 @dataclass
 class SpectralDetectorConfig(DetectorConfig):
     name: str = "spectral"
+    tail: str = "skew"  # skew (one side: the projections' long tail) | both (squared, the paper's)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        tails = ("skew", "both")
+        _require(self.tail in tails, "detector.tail", self.tail, f"one of {list(tails)}")
 
 
 @dataclass
@@ -581,6 +587,7 @@ class ActivationClusteringDetectorConfig(DetectorConfig):
     size_threshold: float = 0.35  # the smaller cluster holds at most this share of its class
     silhouette_threshold: float = 0.15
     silhouette_rows: int = 5000
+    max_fit_rows: int = 100_000  # 2-means is fitted on at most this many rows of a class
     flag_rule: str = "cluster"  # cluster (the whole smaller cluster) | budget (its top by score)
     random_state: int = 0
 
@@ -615,6 +622,9 @@ class ActivationClusteringDetectorConfig(DetectorConfig):
             self.silhouette_rows,
             "an integer >= 2",
         )
+        _require(
+            self.max_fit_rows >= 2, "detector.max_fit_rows", self.max_fit_rows, "an integer >= 2"
+        )
 
 
 @dataclass
@@ -622,8 +632,8 @@ class SpectreDetectorConfig(DetectorConfig):
     name: str = "spectre"
     n_components: int = 16
     alpha: float = 4.0
-    support_fraction: float | None = 0.8  # MinCovDet's; null = its own default
-    max_fit_rows: int = 5000  # the robust covariance is fitted on at most this many rows
+    support_fraction: float | None = 0.9  # MinCovDet's; null = its default
+    max_fit_rows: int = 2_000  # the robust covariance is fitted on at most this many rows
     random_state: int = 0
 
     def __post_init__(self) -> None:
@@ -646,9 +656,10 @@ class SpectreDetectorConfig(DetectorConfig):
 @dataclass
 class SaliencyDetectorConfig(DetectorConfig):
     name: str = "saliency"
-    method: str = "integrated_gradients"  # integrated_gradients | input_x_gradient | saliency
+    method: str = "input_x_gradient"  # integrated_gradients | input_x_gradient | saliency
     n_steps: int = 4  # integrated gradients only
-    unit: str = "variable"  # concentration on one variable, or on one variable x hour cell
+    unit: str = "variable"  # evidence on one variable, or on one variable x hour cell
+    evidence: str = "positive"  # positive attribution (towards the label) | share of |attribution|
     batch_size: int = 256  # stays per attribution call
 
     def __post_init__(self) -> None:
@@ -658,6 +669,13 @@ class SaliencyDetectorConfig(DetectorConfig):
         _require(self.n_steps >= 1, "detector.n_steps", self.n_steps, "an integer >= 1")
         units = ("variable", "cell")
         _require(self.unit in units, "detector.unit", self.unit, f"one of {list(units)}")
+        evidence = ("positive", "share")
+        _require(
+            self.evidence in evidence,
+            "detector.evidence",
+            self.evidence,
+            f"one of {list(evidence)}",
+        )
         _require(self.batch_size >= 1, "detector.batch_size", self.batch_size, "an integer >= 1")
 
 

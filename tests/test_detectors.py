@@ -217,11 +217,35 @@ def test_activation_clustering_flags_the_small_cluster_and_needs_score_first() -
         ("spectre", {"support_fraction": 1.0}, "support_fraction"),
         ("spectre", {"n_components": 0}, "n_components"),
         ("spectral", {"eps_multiplier": -1}, "eps_multiplier"),
+        ("spectral", {"tail": "left"}, "tail"),
         ("saliency", {"method": "lime"}, "method"),
         ("saliency", {"unit": "hour"}, "unit"),
         ("saliency", {"n_steps": 0}, "n_steps"),
+        ("saliency", {"evidence": "mean"}, "evidence"),
     ],
 )
 def test_bad_feature_detector_parameters_are_rejected(name: str, params: dict, key: str) -> None:
     with pytest.raises(ValueError, match=rf"{key}=.* is invalid: expected"):
         build_detector(name, **params)
+
+
+def test_one_sided_spectral_does_not_flag_the_clean_far_end() -> None:
+    # poison at one end of the top direction: the squared projection (the paper's) also ranks the
+    # clean stays at the other end as suspicious; the projection signed towards the tail does not
+    rng = np.random.default_rng(5)
+    n, d = 2000, 8
+    x = rng.standard_normal((n, d)) * np.array([3.0] + [1.0] * (d - 1))
+    is_poisoned = np.zeros(n, dtype=bool)
+    is_poisoned[:100] = True
+    x[is_poisoned, 0] = rng.normal(5.0, 1.0, 100)
+    y = np.zeros(n, dtype=np.int64)
+    auroc = {
+        tail: detection_metrics(
+            is_poisoned, build_detector("spectral", tail=tail).score(x, y), is_poisoned, y, 0
+        )["auroc"]
+        for tail in ("skew", "both")
+    }
+    assert auroc["skew"] > 0.9 and auroc["skew"] - auroc["both"] > 0.05, auroc
+    # the sign of the data does not matter
+    mirrored = build_detector("spectral").score(-x, y)
+    assert detection_metrics(is_poisoned, mirrored, is_poisoned, y, 0)["auroc"] > 0.9

@@ -22,7 +22,7 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA, FastICA
 from sklearn.metrics import silhouette_score
 
-from backdoor_study.detectors.base import Detector, _check, require
+from backdoor_study.detectors.base import Detector, _check, require, require_int
 
 REDUCERS = ("fastica", "pca")
 RULES = ("size", "silhouette", "size_or_silhouette", "size_and_silhouette")
@@ -37,8 +37,13 @@ class ActivationClustering(Detector):
     ``rule`` one of ``RULES``; ``size_threshold`` in (0, 0.5]: the largest share of a class the
     smaller cluster may hold and still count as poison (0.35 as in ART); ``silhouette_threshold``
     in [-1, 1]; ``silhouette_rows`` >= 2: the silhouette (quadratic in n) is computed on at most
-    this many rows of a class; ``flag_rule``: ``cluster`` flags the whole smaller cluster of a
-    poison class (the paper), ``budget`` the top ``eps_multiplier x expected_rate`` of it by score.
+    this many rows of a class, and only when ``rule`` uses it (else it is reported as NaN); ``flag_rule``: ``cluster`` flags the whole smaller cluster of a
+    poison class (the paper), ``budget`` the top ``eps_multiplier x expected_rate`` of it by score;
+    ``max_fit_rows`` >= 2: 2-means is fitted on at most this many rows of a class (drawn with
+    ``random_state``) and every row is assigned to the nearer centre: two centres in 10 dimensions
+    need no million rows (1M x 64 planted features: 34 s fitted on all, 6-9 s on 100,000 with the
+    same AUROC 0.975; 20,000 rows is faster still but lands in a worse 2-means optimum half the
+    time).
 
     Defaults: PCA (on MLP / LSTM rare_value 5% features it ranked poison at AUROC 0.81 / 0.78,
     FastICA 0.67 / 0.74, with convergence warnings) and the paper's relative-size rule. There
@@ -55,6 +60,7 @@ class ActivationClustering(Detector):
     size_threshold: float = 0.35
     silhouette_threshold: float = 0.15
     silhouette_rows: int = 5000
+    max_fit_rows: int = 100_000
     flag_rule: str = "cluster"
     random_state: int = 0
     class_report_: dict = field(default_factory=dict, init=False, repr=False)
@@ -63,12 +69,7 @@ class ActivationClustering(Detector):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(
-            isinstance(self.n_components, int) and self.n_components >= 1,
-            "n_components",
-            self.n_components,
-            "an integer >= 1",
-        )
+        require_int(self, "n_components")
         require(self.reducer in REDUCERS, "reducer", self.reducer, f"one of {REDUCERS}")
         require(self.rule in RULES, "rule", self.rule, f"one of {RULES}")
         require(self.flag_rule in FLAG_RULES, "flag_rule", self.flag_rule, f"one of {FLAG_RULES}")
@@ -85,12 +86,8 @@ class ActivationClustering(Detector):
             self.silhouette_threshold,
             "a number in [-1, 1]",
         )
-        require(
-            isinstance(self.silhouette_rows, int) and self.silhouette_rows >= 2,
-            "silhouette_rows",
-            self.silhouette_rows,
-            "an integer >= 2",
-        )
+        require_int(self, "silhouette_rows", minimum=2)
+        require_int(self, "max_fit_rows", minimum=2)
 
     def score(self, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
         features, labels = _check(features, labels)
@@ -98,7 +95,8 @@ class ActivationClustering(Detector):
         self.class_report_ = {}
         for c in np.unique(labels):
             idx = np.flatnonzero(labels == c)
-            scores[idx], self.class_report_[int(c)] = self._class_scores(features[idx])
+            rows = features[idx].astype(np.float64, copy=False)
+            scores[idx], self.class_report_[int(c)] = self._class_scores(rows)
         return scores
 
     def _reduce(self, rows: np.ndarray) -> np.ndarray:
@@ -120,18 +118,23 @@ class ActivationClustering(Detector):
         if n < 4:
             return np.zeros(n), {**report, "poison_split": False}
         reduced = self._reduce(rows)
-        kmeans = KMeans(n_clusters=2, n_init=3, random_state=self.random_state).fit(reduced)
-        counts = np.bincount(kmeans.labels_, minlength=2)
+        fit_rows = reduced
+        if n > self.max_fit_rows:
+            rng = np.random.default_rng(self.random_state)
+            fit_rows = reduced[rng.choice(n, self.max_fit_rows, replace=False)]
+        kmeans = KMeans(n_clusters=2, n_init=3, random_state=self.random_state).fit(fit_rows)
+        assigned = kmeans.predict(reduced)
+        counts = np.bincount(assigned, minlength=2)
         small = int(np.argmin(counts))
         distance = kmeans.transform(reduced)  # (n, 2) distances to the two centres
         scores = distance[:, 1 - small] - distance[:, small]
         small_fraction = float(counts[small] / n)
         silhouette = float("nan")
-        if counts.min() > 0:
+        if counts.min() > 0 and self.rule != "size":  # the quadratic part: only when judged by it
             silhouette = float(
                 silhouette_score(
                     reduced,
-                    kmeans.labels_,
+                    assigned,
                     sample_size=min(n, self.silhouette_rows),
                     random_state=self.random_state,
                 )

@@ -19,8 +19,12 @@ import numpy as np
 
 
 def _check(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(features (N, D) float64, labels (N,) int64) or a ValueError naming the bad shape/value."""
-    features = np.asarray(features, dtype=np.float64)
+    """(features (N, D) float32 or float64, labels (N,) int64) or a ValueError naming the bad
+    shape/value. float32 stays float32 (no copy of a million rows): :func:`per_class` widens
+    each class's rows to float64 as it gathers them."""
+    features = np.asarray(features)
+    if features.dtype not in (np.float32, np.float64):
+        features = features.astype(np.float64)
     labels = np.asarray(labels)
     if features.ndim != 2:
         raise ValueError(f"features must be (N, D), got shape {features.shape}")
@@ -49,7 +53,7 @@ def per_class(
     scores = np.zeros(features.shape[0], dtype=np.float64)
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
-        scores[idx] = score_class(features[idx])
+        scores[idx] = score_class(features[idx].astype(np.float64, copy=False))
     return scores
 
 
@@ -57,6 +61,14 @@ def require(ok: bool, key: str, value: Any, expected: str) -> None:
     """Raise ValueError ``key=value is invalid: expected ...`` unless ``ok``."""
     if not ok:
         raise ValueError(f"{key}={value!r} is invalid: expected {expected}")
+
+
+def require_int(obj: object, *keys: str, minimum: int = 1) -> None:
+    """Each ``obj.<key>`` must be an integer >= ``minimum`` (bool is not an integer here)."""
+    for key in keys:
+        value = getattr(obj, key)
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+        require(ok, key, value, f"an integer >= {minimum}")
 
 
 @dataclass

@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import LocalOutlierFactor
 
-from backdoor_study.detectors.base import Detector, _check, per_class, require
+from backdoor_study.detectors.base import Detector, _check, per_class, require, require_int
 
 ZSCORE_REDUCTIONS = ("max", "mean_square")
 
@@ -30,7 +30,7 @@ class _OutlierDetector(Detector):
         """(N,) outlier scores of features (N, D) with labels (N,); higher = more unusual."""
         features, labels = _check(features, labels)
         if not self.per_class:
-            return self._outlier_scores(features)
+            return self._outlier_scores(features.astype(np.float64, copy=False))
         return per_class(features, labels, self._outlier_scores)
 
     def _outlier_scores(self, rows: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
@@ -53,12 +53,7 @@ class IsolationForestDetector(_OutlierDetector):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(
-            isinstance(self.n_estimators, int) and self.n_estimators >= 1,
-            "n_estimators",
-            self.n_estimators,
-            "an integer >= 1",
-        )
+        require_int(self, "n_estimators")
         m = self.max_samples
         require(
             m == "auto"
@@ -97,12 +92,7 @@ class LocalOutlierFactorDetector(_OutlierDetector):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(
-            isinstance(self.n_neighbors, int) and self.n_neighbors >= 1,
-            "n_neighbors",
-            self.n_neighbors,
-            "an integer >= 1",
-        )
+        require_int(self, "n_neighbors")
 
     def _outlier_scores(self, rows: np.ndarray) -> np.ndarray:
         if rows.shape[0] < 3:

@@ -6,6 +6,14 @@ Poison that shares a trigger pulls the class's top direction towards itself, so 
 project far along it. The SVD of a tall (n, D) matrix is the eigendecomposition of its D x D
 covariance: scikit-learn's PCA with ``svd_solver="covariance_eigh"`` does exactly that, one
 pass over the rows, which is what makes a million stays take a second or two.
+
+``tail="skew"`` (the default) scores one side only: the signed projection, oriented towards the
+long tail of the class's projections. A poison minority sits at one end of the top direction,
+which makes the projections skewed towards it; the paper's squared projection (``tail="both"``)
+also ranks the clean stays at the other end as suspicious. Measured on rare_value 5% runs
+(target-class AUROC, squared -> one-sided): MLP 0.73 -> 0.83 and LSTM 0.73 -> 0.82 on the first
+synthetic cohort, MLP 0.66 -> 0.80 on the calibrated one. IBM ART's implementation gets the same
+ranking as the one-sided score by a different route (it projects the *uncentred* features).
 """
 
 from __future__ import annotations
@@ -13,9 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import skew
 from sklearn.decomposition import PCA
 
-from backdoor_study.detectors.base import Detector, per_class
+from backdoor_study.detectors.base import Detector, per_class, require
+
+TAILS = ("skew", "both")
 
 
 def principal_projections(rows: np.ndarray, n_components: int) -> np.ndarray:
@@ -29,15 +40,26 @@ def principal_projections(rows: np.ndarray, n_components: int) -> np.ndarray:
 
 @dataclass
 class SpectralSignature(Detector):
-    """Score = squared projection of the class-centred features on the class's top singular
-    vector. ``score(features (N, D), labels (N,)) -> (N,)``; flags with the per-class budget."""
+    """Score = projection of the class-centred features on the class's top singular vector:
+    signed towards the long tail (``tail="skew"``) or squared (``tail="both"``, the paper's).
+    ``score(features (N, D), labels (N,)) -> (N,)``; flags with the per-class budget."""
+
+    tail: str = "skew"
 
     name = "spectral"
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.tail in TAILS, "tail", self.tail, f"one of {TAILS}")
+
     def score(self, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        return per_class(features, labels, _squared_top_projection)
+        return per_class(features, labels, self._class_scores)
 
-
-def _squared_top_projection(rows: np.ndarray) -> np.ndarray:
-    projection = principal_projections(rows, 1)
-    return (projection**2).sum(axis=1)
+    def _class_scores(self, rows: np.ndarray) -> np.ndarray:
+        projection = principal_projections(rows, 1)
+        if projection.shape[1] == 0:
+            return np.zeros(rows.shape[0])
+        projection = projection[:, 0]
+        if self.tail == "both":
+            return projection**2
+        return projection if skew(projection) >= 0 else -projection
