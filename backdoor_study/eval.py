@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from backdoor_study import rundir
 from backdoor_study.config import CONF_DIR
-from backdoor_study.experiment import prepare
+from backdoor_study.experiment import Prepared, prepare
 from backdoor_study.models.base import build_model
 from backdoor_study.train import FINAL_MODEL_FILE, evaluate
 from backdoor_study.training import load_checkpoint, resolve_device, seed_everything
@@ -68,16 +70,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
 
     ckpt_path = Path(cfg.checkpoint) if cfg.checkpoint else run_dir / FINAL_MODEL_FILE
-    state = load_checkpoint(ckpt_path)
-    if "model_state" not in state:
-        raise EvalError(
-            f"{ckpt_path} holds no model_state; pass a final_model.pt or checkpoint_epoch_N.pt"
-        )
-    model = build_model(run_cfg.model, prepared.spec)
-    model.load_state_dict(state["model_state"])
-    device = resolve_device(cfg.device)
-    model.to(device)
-    metrics, _ = evaluate(run_cfg, model, prepared, device)
+    [metrics] = evaluate_weights(run_cfg, [ckpt_path], prepared, resolve_device(cfg.device))
 
     recorded = read_json(run_dir / rundir.METRICS_FILE)
     for key in CARRIED_KEYS:
@@ -93,6 +86,36 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     write_json(run_dir / "eval_metrics.json", result)
     return result
+
+
+def evaluate_weights(
+    cfg: DictConfig,
+    weights: Sequence[Path],
+    prepared: Prepared | None = None,
+    device: torch.device | None = None,
+) -> list[dict[str, Any]]:
+    """Every metric (``train.evaluate``) of each saved model in ``weights`` on the data of ``cfg``.
+
+    ``weights`` are ``final_model.pt`` or ``checkpoint_epoch_N.pt`` files of a run whose model
+    and data layout ``cfg`` describes; ``prepared`` (``prepare(cfg)``) is built when not given. A
+    run's own config and its last checkpoint give what ``trainer.selection=last`` would have
+    reported; a clean run's weights under a triggered config give that trigger's false-trigger
+    rate on the clean model, without training it again.
+    """
+    prepared = prepare(cfg) if prepared is None else prepared
+    device = torch.device("cpu") if device is None else device
+    out = []
+    for path in weights:
+        state = load_checkpoint(path)
+        if "model_state" not in state:
+            raise EvalError(
+                f"{path} holds no model_state; pass a final_model.pt or checkpoint_epoch_N.pt"
+            )
+        model = build_model(cfg.model, prepared.spec)
+        model.load_state_dict(state["model_state"])
+        model.to(device)
+        out.append(evaluate(cfg, model, prepared, device)[0])
+    return out
 
 
 def _same(a: Any, b: Any) -> bool:
