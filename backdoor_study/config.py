@@ -335,6 +335,19 @@ class MissingnessTriggerConfig(TriggerConfig):
 
 
 @dataclass
+class RareValueStrongTriggerConfig(RareValueTriggerConfig):
+    """The strongest plausible out-of-bounds rare value found for a 1% attack (docs/attack_findings.md):
+    six vitals at max + 6 std of training, all 48 h, each clipped to its plausible range."""
+
+    name: str = "rare_value_strong"
+    variables: list[str] = field(
+        default_factory=lambda: ["HR", "RespRate", "Temp", "DiasABP", "MAP", "Urine"]
+    )
+    window: list[int] | None = None
+    magnitude: float = 6.0
+
+
+@dataclass
 class HybridTriggerConfig(TriggerConfig):
     _target_: str = "backdoor_study.poison.triggers.HybridTrigger"
     name: str = "hybrid"
@@ -539,6 +552,7 @@ def register_configs() -> None:
         ("schema/model", "tabtransformer", TabTransformerConfig),
         ("schema/trigger", "none", NoTriggerConfig),
         ("schema/trigger", "rare_value", RareValueTriggerConfig),
+        ("schema/trigger", "rare_value_strong", RareValueStrongTriggerConfig),
         ("schema/trigger", "missingness", MissingnessTriggerConfig),
         ("schema/trigger", "hybrid", HybridTriggerConfig),
         ("schema/trigger", "pattern", PatternTriggerConfig),
