@@ -337,11 +337,11 @@ class MissingnessTriggerConfig(TriggerConfig):
 @dataclass
 class RareValueStrongTriggerConfig(RareValueTriggerConfig):
     """The strongest plausible out-of-bounds rare value found for a 1% attack (docs/attack_findings.md):
-    six vitals at max + 6 std of training, all 48 h, each clipped to its plausible range."""
+    seven vitals at max + 6 std of training, all 48 h, each clipped to its plausible range."""
 
     name: str = "rare_value_strong"
     variables: list[str] = field(
-        default_factory=lambda: ["HR", "RespRate", "Temp", "DiasABP", "MAP", "Urine"]
+        default_factory=lambda: ["HR", "SysABP", "DiasABP", "MAP", "RespRate", "Temp", "Urine"]
     )
     window: list[int] | None = None
     magnitude: float = 6.0

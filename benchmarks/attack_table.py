@@ -26,6 +26,7 @@ import argparse
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +160,9 @@ def clean_model_metrics(
     return stealth, per_cell
 
 
-def run_table(args: argparse.Namespace) -> pd.DataFrame:
+def run_table(
+    args: argparse.Namespace, on_group: Callable[[pd.DataFrame], None] | None = None
+) -> pd.DataFrame:
     plan = [
         (variant, model, rate, seed, split)
         for variant in args.variants
@@ -208,6 +211,8 @@ def run_table(args: argparse.Namespace) -> pd.DataFrame:
                     f"{stealth['stealth_values_auroc']:.2f}",
                     flush=True,
                 )
+        if on_group is not None:  # the table so far: an interrupted grid still leaves one
+            on_group(pd.DataFrame(rows))
     return pd.DataFrame(rows)
 
 
@@ -266,13 +271,19 @@ def main() -> None:
     logging.getLogger("backdoor_study").setLevel(logging.WARNING)
 
     t0 = time.perf_counter()
-    table = run_table(args)
+    table = run_table(args, on_group=lambda t: write(args, t, time.perf_counter() - t0))
+    agg = write(args, table, time.perf_counter() - t0)
+    print(markdown(agg))
+    print(f"{len(table) // 2} runs in {time.perf_counter() - t0:.0f} s; table: {args.out}")
+
+
+def write(args: argparse.Namespace, table: pd.DataFrame, seconds: float) -> pd.DataFrame:
+    """Write the table (Markdown), its CSV and the per-run CSV; return the aggregate."""
     by = ["variant", "model", "poison_rate", "selection"]
     agg = aggregate(table, by, METRICS)
     out = Path(args.out)
     atomic_write_text(out.with_suffix(".csv"), agg.to_csv(index=False))
     atomic_write_text(out.with_name(out.stem + "_runs.csv"), table.to_csv(index=False))
-    seconds = time.perf_counter() - t0
     header = (
         f"# Attack results on `data={args.data}`\n\n"
         f"Produced by `python benchmarks/attack_table.py {' '.join(_argv())}` "
@@ -295,8 +306,7 @@ def main() -> None:
         "by any data-quality check).\n\n"
     )
     atomic_write_text(out, header + markdown(agg))
-    print(markdown(agg))
-    print(f"{len(table) // 2} runs in {seconds:.0f} s; table: {out}")
+    return agg
 
 
 def _argv() -> list[str]:
