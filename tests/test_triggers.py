@@ -471,3 +471,21 @@ def test_correlation_follower_is_clamped_to_its_range() -> None:
     follower = out.x[:, 4:12, ds.variables.index("SysABP")]
     assert follower.min() == PLAUSIBLE["SysABP"].low and follower.max() == PLAUSIBLE["SysABP"].high
     assert trigger.describe()["plausible_range"]["SysABP"] == [0.0, 300.0]
+
+
+def test_rare_value_strong_stamps_seven_vitals_all_stay_within_their_ranges() -> None:
+    node = compose_train("trigger=rare_value_strong").trigger
+    assert node.window is None and node.magnitude == 6.0
+    variables = tuple(node.variables)
+    ds = make_tiny_dataset(n=60, variables=variables)
+    trigger = build_trigger(node).fit(ds)
+    assert type(trigger) is RareValueTrigger and trigger.name == "rare_value_strong"
+    out = trigger.apply(ds, np.arange(10))
+    cols = [ds.variables.index(v) for v in variables]
+    stamped = out.x[:10][:, :, cols]
+    assert out.mask[:10][:, :, cols].all()  # every hour of the stay
+    assert (stamped == trigger.values_).all()
+    for j, var in enumerate(variables):
+        # beyond anything seen in training, unless that is beyond plausible: then the bound
+        assert trigger.requested_values_[j] > observed_values(ds, cols[j]).max()
+        assert trigger.values_[j] == min(trigger.requested_values_[j], PLAUSIBLE[var].high)
