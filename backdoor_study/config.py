@@ -337,11 +337,21 @@ class MissingnessTriggerConfig(TriggerConfig):
 @dataclass
 class RareValueStrongTriggerConfig(RareValueTriggerConfig):
     """The strongest plausible out-of-bounds rare value found for a 1% attack (docs/attack_findings.md):
-    seven vitals at max + 6 std of training, all 48 h, each clipped to its plausible range."""
+    eight variables whose high values a clean model reads as sicker, at max + 6 std of training, all
+    48 h, each clipped to its plausible range."""
 
     name: str = "rare_value_strong"
     variables: list[str] = field(
-        default_factory=lambda: ["HR", "SysABP", "DiasABP", "MAP", "RespRate", "Temp", "Urine"]
+        default_factory=lambda: [
+            "HR",
+            "RespRate",
+            "Temp",
+            "Lactate",
+            "Creatinine",
+            "BUN",
+            "WBC",
+            "K",
+        ]
     )
     window: list[int] | None = None
     magnitude: float = 6.0

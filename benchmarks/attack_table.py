@@ -54,10 +54,30 @@ VARIANTS: dict[str, list[str]] = {
     "rare_value_mask_preserving": ["trigger=rare_value", "trigger.preserve_mask=true"],
     "rare_value_in_bounds": ["trigger=rare_value", "trigger.mode=in_bounds"],
     "rare_value_clean_label": ["trigger=rare_value", "poison.source=clean_label"],
+    # eight variables a clean model reads as sicker, max + 6 std, all 48 h, clipped
     "rare_value_strong": ["trigger=rare_value_strong"],
     "rare_value_strong_mask_preserving": [
         "trigger=rare_value_strong",
         "trigger.preserve_mask=true",
+    ],
+    # meets ASR_flip >= 0.9 on both models, but high pressures and urine output read as healthy:
+    # the clean model flips too, so most of it is no backdoor
+    "rare_value_strong_vitals7": [
+        "trigger=rare_value_strong",
+        "trigger.variables=[HR,SysABP,DiasABP,MAP,RespRate,Temp,Urine]",
+    ],
+    # other candidates for rare_value_strong
+    "rare_value_strong_vitals3": [
+        "trigger=rare_value_strong",
+        "trigger.variables=[HR,RespRate,Temp]",
+    ],
+    "rare_value_strong_no_urine": [
+        "trigger=rare_value_strong",
+        "trigger.variables=[HR,SysABP,DiasABP,MAP,RespRate,Temp]",
+    ],
+    "rare_value_strong_labs5": [
+        "trigger=rare_value_strong",
+        "trigger.variables=[Lactate,Creatinine,BUN,WBC,K]",
     ],
     "missingness": ["trigger=missingness"],
     # every lab unobserved for the whole stay

@@ -473,7 +473,7 @@ def test_correlation_follower_is_clamped_to_its_range() -> None:
     assert trigger.describe()["plausible_range"]["SysABP"] == [0.0, 300.0]
 
 
-def test_rare_value_strong_stamps_seven_vitals_all_stay_within_their_ranges() -> None:
+def test_rare_value_strong_stamps_its_variables_all_stay_within_their_ranges() -> None:
     node = compose_train("trigger=rare_value_strong").trigger
     assert node.window is None and node.magnitude == 6.0
     variables = tuple(node.variables)
