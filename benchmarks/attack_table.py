@@ -287,14 +287,38 @@ def main() -> None:
     p.add_argument("--runs-root", default="runs/attack_table")
     p.add_argument("--out", default="docs/results_attacks.md")
     p.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for every run")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="RUNS_CSV",
+        help="train nothing: assemble the table from per-run CSVs written by earlier invocations "
+        "(a row repeated in a later file replaces the earlier one)",
+    )
     args = p.parse_args()
     logging.getLogger("backdoor_study").setLevel(logging.WARNING)
 
     t0 = time.perf_counter()
-    table = run_table(args, on_group=lambda t: write(args, t, time.perf_counter() - t0))
+    if args.merge:
+        table = merged(args.merge)
+    else:
+        table = run_table(args, on_group=lambda t: write(args, t, time.perf_counter() - t0))
     agg = write(args, table, time.perf_counter() - t0)
     print(markdown(agg))
     print(f"{len(table) // 2} runs in {time.perf_counter() - t0:.0f} s; table: {args.out}")
+
+
+def merged(paths: list[str]) -> pd.DataFrame:
+    """Per-run rows of several invocations, one per (variant, model, rate, selection, seed, split),
+    in VARIANTS order."""
+    key = ["variant", "model", "poison_rate", "selection", "seed", "split_seed"]
+    table = pd.concat([pd.read_csv(path) for path in paths], ignore_index=True)
+    table = table.drop_duplicates(key, keep="last")
+    order = {name: i for i, name in enumerate(VARIANTS)}
+    return table.sort_values(
+        ["variant", "model"],
+        key=lambda c: c.map(order) if c.name == "variant" else c,
+        kind="stable",
+    )
 
 
 def write(args: argparse.Namespace, table: pd.DataFrame, seconds: float) -> pd.DataFrame:
@@ -307,11 +331,15 @@ def write(args: argparse.Namespace, table: pd.DataFrame, seconds: float) -> pd.D
     header = (
         f"# Attack results on `data={args.data}`\n\n"
         f"Produced by `python benchmarks/attack_table.py {' '.join(_argv())}` "
-        f"({len(table) // 2} trained runs and their clean models, {seconds / 60:.0f} min; "
+        + (
+            "(assembled from the per-run rows those invocations wrote; "
+            if args.merge
+            else f"({seconds / 60:.0f} min; "
+        )
+        + f"{len(table) // 2} trained runs and their clean models; "
         f"{args.epochs} epochs, the default recipe; mean ± standard deviation over the runs, "
-        f"seeds {args.seeds} with split seeds {args.split_seeds}, "
-        f"{'every combination' if args.cross else 'paired'}"
-        f"{'' if args.cross else ', every combination for ' + ', '.join(args.cross_variants)}). "
+        "which pair seed i with split seed i, or take every combination where the runs column "
+        "says 9). "
         "Read with `docs/attack_findings.md`; one row per run in "
         f"`{out.with_name(out.stem + '_runs.csv').name}`.\n\n"
         "- **ASR_flip** (headline): among triggered test deaths the model calls deaths without the "
