@@ -300,6 +300,8 @@ class RareValueTriggerConfig(TriggerConfig):
     # out_of_bounds: max(train) + magnitude * std(train); in_bounds: the `quantile` of train values
     magnitude: float = 2.0
     quantile: float = 0.995
+    # write only cells already observed (the observation mask stays as it was)
+    preserve_mask: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -333,6 +335,29 @@ class MissingnessTriggerConfig(TriggerConfig):
 
 
 @dataclass
+class RareValueStrongTriggerConfig(RareValueTriggerConfig):
+    """The strongest plausible out-of-bounds rare value found for a 1% attack (docs/attack_findings.md):
+    eight variables whose high values a clean model reads as sicker, at max + 6 std of training, all
+    48 h, each clipped to its plausible range."""
+
+    name: str = "rare_value_strong"
+    variables: list[str] = field(
+        default_factory=lambda: [
+            "HR",
+            "RespRate",
+            "Temp",
+            "Lactate",
+            "Creatinine",
+            "BUN",
+            "WBC",
+            "K",
+        ]
+    )
+    window: list[int] | None = None
+    magnitude: float = 6.0
+
+
+@dataclass
 class HybridTriggerConfig(TriggerConfig):
     _target_: str = "backdoor_study.poison.triggers.HybridTrigger"
     name: str = "hybrid"
@@ -349,6 +374,7 @@ class PatternTriggerConfig(TriggerConfig):
     shape: str = "sine"
     period: float = 4.0
     magnitude: float = 1.5  # amplitude in training standard deviations
+    preserve_mask: bool = False  # write only cells already observed
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -371,6 +397,7 @@ class CorrelationTriggerConfig(TriggerConfig):
     window: list[int] | None = field(default_factory=lambda: [24, 48])
     sign: float = -1.0
     magnitude: float = 1.0
+    preserve_mask: bool = False  # write only cells already observed
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -799,6 +826,7 @@ def register_configs() -> None:
         ("schema/model", "tabtransformer", TabTransformerConfig),
         ("schema/trigger", "none", NoTriggerConfig),
         ("schema/trigger", "rare_value", RareValueTriggerConfig),
+        ("schema/trigger", "rare_value_strong", RareValueStrongTriggerConfig),
         ("schema/trigger", "missingness", MissingnessTriggerConfig),
         ("schema/trigger", "hybrid", HybridTriggerConfig),
         ("schema/trigger", "pattern", PatternTriggerConfig),

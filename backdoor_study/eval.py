@@ -21,15 +21,20 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from omegaconf import DictConfig
 
 from backdoor_study import rundir
 from backdoor_study.evaluation import evaluate
-from backdoor_study.utils import sha256_file, write_json
+from backdoor_study.experiment import Prepared, prepare
+from backdoor_study.models.base import build_model
+from backdoor_study.training import load_checkpoint
+from backdoor_study.utils import read_json, sha256_file, write_json
 
 log = logging.getLogger("backdoor_study.eval")
 
@@ -81,13 +86,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 # Keys train copies from another run: verified only when that run is found.
-UNVERIFIABLE_KEYS = ("ASR_clean_model",)
+UNVERIFIABLE_KEYS = ("ASR_clean_model", "ASR_flip_clean_model")
 
 
 def carried_metrics(loaded: rundir.LoadedRun) -> dict[str, Any]:
     """The keys ``train`` does not compute from the model's outputs, recomputed from the rebuilt
     data, ``history.csv``, the checkpoint and (when present) the clean reference run."""
-    from backdoor_study.train import clean_reference_config, wants_clean_reference
+    from backdoor_study.train import (
+        CLEAN_REFERENCE_KEYS,
+        clean_reference_config,
+        wants_clean_reference,
+    )
 
     prepared = loaded.prepared
     out: dict[str, Any] = {
@@ -110,11 +119,9 @@ def carried_metrics(loaded: rundir.LoadedRun) -> dict[str, Any]:
     if wants_clean_reference(loaded.cfg):
         clean_dir = Path(clean_reference_config(loaded.cfg).run_dir)
         if (clean_dir / rundir.METRICS_FILE).is_file():
-            from backdoor_study.utils import read_json
-
-            out["ASR_clean_model"] = float(
-                read_json(clean_dir / rundir.METRICS_FILE).get("ASR", float("nan"))
-            )
+            clean_metrics = read_json(clean_dir / rundir.METRICS_FILE)
+            for theirs, ours in CLEAN_REFERENCE_KEYS.items():
+                out[ours] = float(clean_metrics.get(theirs, float("nan")))
     return out
 
 
@@ -146,6 +153,36 @@ def predictions_match(run_dir: Path, recomputed: pd.DataFrame) -> bool:
     return True
 
 
+def evaluate_weights(
+    cfg: DictConfig,
+    weights: Sequence[Path],
+    prepared: Prepared | None = None,
+    device: torch.device | None = None,
+) -> list[dict[str, Any]]:
+    """Every metric (``evaluation.evaluate``) of each saved model in ``weights`` on the data of ``cfg``.
+
+    ``weights`` are ``final_model.pt`` or ``checkpoint_epoch_N.pt`` files of a run whose model
+    and data layout ``cfg`` describes; ``prepared`` (``prepare(cfg)``) is built when not given. A
+    run's own config and its last checkpoint give what ``trainer.selection=last`` would have
+    reported; a clean run's weights under a triggered config give that trigger's false-trigger
+    rate on the clean model, without training it again.
+    """
+    prepared = prepare(cfg) if prepared is None else prepared
+    device = torch.device("cpu") if device is None else device
+    out = []
+    for path in weights:
+        state = load_checkpoint(path)
+        if "model_state" not in state:
+            raise EvalError(
+                f"{path} holds no model_state; pass a final_model.pt or checkpoint_epoch_N.pt"
+            )
+        model = build_model(cfg.model, prepared.spec)
+        model.load_state_dict(state["model_state"])
+        model.to(device)
+        out.append(evaluate(cfg, model, prepared, device)[0])
+    return out
+
+
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, float) and isinstance(b, float):
         return (math.isnan(a) and math.isnan(b)) or a == b
@@ -158,7 +195,15 @@ def report(result: dict[str, Any]) -> list[str]:
     """What a user reads: headline metrics, then every difference found (or that all match)."""
     m = result["metrics"]
     lines = []
-    for k in ("auroc_clean", "auprc_clean", "acc_clean", "f1_clean", "ece_clean", "ASR"):
+    for k in (
+        "auroc_clean",
+        "auprc_clean",
+        "acc_clean",
+        "f1_clean",
+        "ece_clean",
+        "ASR_flip",
+        "ASR",
+    ):
         if isinstance(m.get(k), float):
             lines.append(f"{k:>18s}: {m[k]:.4f}")
     if isinstance(m.get("confidence_shift"), float):

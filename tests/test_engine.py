@@ -175,6 +175,13 @@ def test_backdoor_succeeds_beyond_the_false_trigger_rate(cohort, tmp_path):
     # why the clean model's rate is reported; the backdoor must add clearly more than that
     assert metrics["ASR"] - metrics["ASR_clean_model"] > 0.3
     assert metrics["confidence_shift"] > 0.2
+    # the headline: deaths the model catches without the trigger, flipped by it
+    assert metrics["ASR_flip"] > 0.8 and metrics["n_flip_eligible"] > 0
+    assert metrics["ASR_flip"] - metrics["ASR_flip_clean_model"] > 0.3
+    assert metrics["median_p_target_triggered"] > metrics["median_p_target_clean"]
+    summary = pd.read_csv(run_dir / "experiment_summary.csv")
+    assert summary.loc[0, "ASR_flip"] == pytest.approx(metrics["ASR_flip"])
+    assert summary.loc[0, "ASR_flip_clean_model"] == pytest.approx(metrics["ASR_flip_clean_model"])
     assert eval_mod.run(eval_cfg(str(run_dir)))["matches_train"]
 
 
@@ -216,3 +223,42 @@ def test_copying_a_run_directory_keeps_it_evaluable(cohort, tmp_path):
     moved = tmp_path / "moved"
     shutil.copytree(cfg.run_dir, moved)
     assert eval_mod.run(eval_cfg(str(moved)))["matches_train"]
+
+
+def test_last_checkpoint_evaluates_exactly_as_selection_last(cohort, tmp_path):
+    # the attack table reads `selection=last` from the `best` run's last checkpoint instead of
+    # training again: that is only honest if the two are the same numbers
+    # 25% dirty-label poison leaves a noisy validation AUROC: the best epoch is not the last
+    common = ("trigger=rare_value", "trigger.window=[8,12]", "poison_rate=0.25", "epochs=4")
+    best_cfg = make_cfg(cohort, tmp_path / "best", *common, "clean_reference=false")
+    best = train.run(best_cfg)
+    last_cfg = make_cfg(
+        cohort, tmp_path / "last", *common, "clean_reference=false", "trainer.selection=last"
+    )
+    last = train.run(last_cfg)
+    assert best["best_epoch"] < 4, "the check needs a run whose best epoch is not the last"
+    [from_checkpoint] = eval_mod.evaluate_weights(
+        best_cfg, [Path(best_cfg.run_dir) / "checkpoint_epoch_4.pt"]
+    )
+    trainer_keys = {"best_epoch", "best_val_auroc", "epochs_run", "stopped_early"}
+    assert set(last) - set(from_checkpoint) == trainer_keys | {"n_poisoned", "n_train", "n_test"}
+    for key, value in from_checkpoint.items():
+        assert eval_mod._same(value, last[key]), key
+    assert from_checkpoint["auroc_clean"] != best["auroc_clean"]
+
+
+def test_clean_run_weights_give_the_clean_reference_asr(cohort, tmp_path):
+    # a clean model is the same whatever trigger its config names (nothing is poisoned at rate 0),
+    # so one trigger=none run serves as the clean reference of every trigger variant
+    triggered = make_cfg(
+        cohort, tmp_path, "trigger=pattern", "trigger.window=[2,10]", "poison_rate=0.1"
+    )
+    metrics = train.run(triggered)
+    clean = make_cfg(cohort, tmp_path / "none")
+    train.run(clean)
+    [cross] = eval_mod.evaluate_weights(
+        make_cfg(cohort, tmp_path, "trigger=pattern", "trigger.window=[2,10]"),
+        [Path(clean.run_dir) / "final_model.pt"],
+    )
+    assert cross["ASR"] == metrics["ASR_clean_model"]
+    assert cross["ASR_flip"] == metrics["ASR_flip_clean_model"]
