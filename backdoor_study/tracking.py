@@ -129,14 +129,20 @@ def _experiment_id(client: Any, name: str, uri: str) -> str:
     return exp.experiment_id
 
 
+def open_experiment(tracking: DictConfig, uri: str) -> tuple[Any, str]:
+    """An MLflow client on ``uri`` and the id of ``tracking.experiment`` (created if absent).
+    Raises when the store cannot be used: callers that must not fail catch it."""
+    client = _client(tracking, uri)
+    return client, _experiment_id(client, str(tracking.experiment), uri)
+
+
 def prepare_store(cfg: DictConfig) -> str | None:
     """Create the store and the experiment now (before parallel jobs start); the experiment id,
     or None (with a warning) when tracking is off or the store cannot be opened."""
     if not enabled(cfg):
         return None
     try:
-        uri = store_uri(cfg.tracking, cfg.get("runs_root"))
-        return _experiment_id(_client(cfg.tracking, uri), str(cfg.tracking.experiment), uri)
+        return open_experiment(cfg.tracking, store_uri(cfg.tracking, cfg.get("runs_root")))[1]
     except Exception as e:  # noqa: BLE001 - tracking must never stop the work
         _warn_unavailable(e)
         return None
@@ -391,8 +397,7 @@ def _open_run(
         uri = store_uri(cfg.tracking, runs_root, recorded_uri)
         if recorded_uri is not None and uri != recorded_uri:
             parent_run_id = None  # the training run lives in another store
-        client = _client(cfg.tracking, uri)
-        exp_id = _experiment_id(client, str(cfg.tracking.experiment), uri)
+        client, exp_id = open_experiment(cfg.tracking, uri)
         existing = find_run(client, exp_id, kind, run_dir, config_digest)
         if existing is not None:
             run_id = existing.info.run_id
