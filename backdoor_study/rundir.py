@@ -161,3 +161,19 @@ def environment() -> dict[str, Any]:
         "packages": versions,
         "git": git_commit(),
     }
+
+
+# MLflow's artifact store inside a runs tree (tracking.py) holds copies of run files: not runs.
+TRACKING_ARTIFACTS_DIR = "mlartifacts"
+
+
+def find_run_dirs(runs_root: Path) -> list[Path]:
+    """Every completed training run directory under ``runs_root`` (``metrics.json`` is written
+    last), leaving out the tracking store's artifact copies."""
+    return sorted(
+        p.parent
+        for p in Path(runs_root).rglob(METRICS_FILE)
+        if TRACKING_ARTIFACTS_DIR not in p.relative_to(runs_root).parts
+        and (p.parent / RESOLVED_CONFIG_FILE).exists()
+        and (p.parent / METADATA_FILE).exists()
+    )

@@ -23,16 +23,6 @@ log = logging.getLogger("backdoor_study.sync")
 EVAL_FILE = "eval_metrics.json"
 
 
-def find_run_dirs(runs_root: Path) -> list[Path]:
-    """Every completed training run directory under ``runs_root`` (metrics.json written last)."""
-    return sorted(
-        p.parent
-        for p in runs_root.rglob(rundir.METRICS_FILE)
-        if (p.parent / rundir.RESOLVED_CONFIG_FILE).exists()
-        and (p.parent / rundir.METADATA_FILE).exists()
-    )
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Log every finished run under ``cfg.runs_root`` that the store does not hold yet; counts."""
     validate(cfg)
@@ -49,7 +39,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     holder = OmegaConf.create({"tracking": cfg.tracking, "runs_root": str(root)})
 
     counts = {"run_dirs": 0, "logged": 0, "already_logged": 0}
-    for run_dir in tqdm(find_run_dirs(root), desc="sync", unit="run"):
+    for run_dir in tqdm(rundir.find_run_dirs(root), desc="sync", unit="run"):
         counts["run_dirs"] += 1
         digest = read_json(run_dir / rundir.METADATA_FILE)["config_digest"]
         run_cfg = OmegaConf.load(run_dir / rundir.RESOLVED_CONFIG_FILE)

@@ -44,7 +44,7 @@ log = logging.getLogger("backdoor_study.tracking")
 
 TRACKING_ENV = "BACKDOOR_STUDY_TRACKING"
 STORE_FILE = "mlflow.db"
-ARTIFACTS_DIR = "mlartifacts"
+ARTIFACTS_DIR = rundir.TRACKING_ARTIFACTS_DIR
 TAG = "backdoor_study."  # prefix of our own tags
 KINDS = ("train", "eval", "detect", "sanitize")
 # Run directory files logged as artifacts when present.

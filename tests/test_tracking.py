@@ -121,6 +121,12 @@ def test_train_and_eval_are_logged_once_and_linked(cohort, store, tmp_path, trac
     assert ev.data.tags["mlflow.parentRunId"] == only.info.run_id
     assert ev.data.metrics["matches_train"] == 1.0
 
+    # sync finds the one run directory (not the artifact copies in the store) and adds nothing
+    scfg = make_cfg("sync", cohort, tmp_path, f"runs_root={tmp_path}", "tracking.experiment=linked")
+    scfg.tracking.uri = store
+    assert sync.run(scfg) == {"run_dirs": 1, "logged": 0, "already_logged": 1}
+    assert len(runs_of(store, "linked")) == 2
+
 
 def test_sync_logs_untracked_runs_once(cohort, store, tmp_path, monkeypatch):
     monkeypatch.setenv(tracking.TRACKING_ENV, "none")  # made while tracking was off
