@@ -16,7 +16,6 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
-from backdoor_study.config import CONF_DIR
 from backdoor_study.study import Cell, run_grid
 from backdoor_study.utils import atomic_write_text
 
@@ -66,25 +65,25 @@ def _line(row: dict[str, Any]) -> str:
     )
 
 
+def main(cfg: DictConfig) -> None:
+    logging.getLogger("backdoor_study").setLevel(logging.WARNING)
+    table = run_grid(
+        cells(cfg), check_eval=True, on_result=lambda row: print(_line(row), flush=True)
+    )
+    out = Path(cfg.results_csv)
+    atomic_write_text(out, table.to_csv(index=False))
+    shown = table[[c for c in COLUMNS if c in table]]
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(shown.round(3).to_string(index=False))
+    print(f"\nresults: {out}; run directories under {cfg.runs_root}/")
+    if not table["eval_matches"].all():
+        raise SystemExit("eval did not reproduce train for some runs")
+
+
 def _main() -> None:
-    import hydra
+    from backdoor_study.cli import hydra_entry
 
-    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="demo")
-    def main(cfg: DictConfig) -> None:
-        logging.getLogger("backdoor_study").setLevel(logging.WARNING)
-        table = run_grid(
-            cells(cfg), check_eval=True, on_result=lambda row: print(_line(row), flush=True)
-        )
-        out = Path(cfg.results_csv)
-        atomic_write_text(out, table.to_csv(index=False))
-        shown = table[[c for c in COLUMNS if c in table]]
-        with pd.option_context("display.width", 200, "display.max_columns", 20):
-            print(shown.round(3).to_string(index=False))
-        print(f"\nresults: {out}; run directories under {cfg.runs_root}/")
-        if not table["eval_matches"].all():
-            raise SystemExit("eval did not reproduce train for some runs")
-
-    main()
+    hydra_entry("demo", main)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,11 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from backdoor_study import rundir, tracking
-from backdoor_study.config import CONF_DIR, ConfigError, validate
+from backdoor_study.config import ConfigError, validate
+from backdoor_study.eval import EVAL_FILE
 from backdoor_study.utils import read_json
 
 log = logging.getLogger("backdoor_study.sync")
-EVAL_FILE = "eval_metrics.json"
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -71,18 +71,18 @@ def _logged(client: Any, exp_id: str, kind: str, run_dir: Path, digest: str) -> 
     return found is not None and found.info.status == "FINISHED"
 
 
+def main(cfg: DictConfig) -> None:
+    counts = run(cfg)
+    print(
+        f"{counts['run_dirs']} run directories under {cfg.runs_root}: "
+        f"{counts['logged']} MLflow runs logged, {counts['already_logged']} already there"
+    )
+
+
 def _main() -> None:
-    import hydra
+    from backdoor_study.cli import hydra_entry
 
-    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="sync")
-    def main(cfg: DictConfig) -> None:
-        counts = run(cfg)
-        print(
-            f"{counts['run_dirs']} run directories under {cfg.runs_root}: "
-            f"{counts['logged']} MLflow runs logged, {counts['already_logged']} already there"
-        )
-
-    main()
+    hydra_entry("sync", main)
 
 
 if __name__ == "__main__":
