@@ -90,3 +90,32 @@ def test_a_failed_job_fails_alone_and_is_listed_at_the_end(cohort, tmp_path):
     assert f"job 1: {bad}: ConfigError: epochs=0 is invalid: expected an integer >= 1" in out.stdout
     assert (bad / "metrics.json").exists()  # job 0 (epochs=2, the same directory) completed
     assert not (tmp_path / tracking.STORE_FILE).exists()
+
+
+@pytest.mark.slow  # two parallel jobs in worker processes
+def test_parallel_jobs_sharing_a_clean_reference_train_it_once(cohort, tmp_path):
+    out = sweep(
+        tmp_path,
+        cohort,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "tracking=none",
+        "trigger=rare_value",
+        "trigger.window=[6,12]",
+        "poison_rate=0.01,0.05",
+        "clean_reference=true",
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    reference = tmp_path / "mlp" / "rare_value" / "0.0" / "seed_42"
+    assert set(rundir.find_run_dirs(tmp_path)) == {
+        reference,
+        tmp_path / "mlp" / "rare_value" / "0.01" / "seed_42",
+        tmp_path / "mlp" / "rare_value" / "0.05" / "seed_42",
+    }
+    assert (reference / "train.log").read_text().count("run complete:") == 1  # trained once
+    asr = {
+        json.loads((p / "metrics.json").read_text())["ASR_clean_model"]
+        for p in rundir.find_run_dirs(tmp_path)
+        if p != reference
+    }
+    assert asr == {json.loads((reference / "metrics.json").read_text())["ASR"]}
