@@ -102,6 +102,8 @@ def config_identity(cfg: DictConfig) -> dict[str, Any]:
     container.pop("hydra", None)
     for key in NON_IDENTITY_KEYS:
         container.pop(key, None)
+    if container.get("sanitize", "<absent>") is None:  # not a sanitized retrain: digest as before
+        container.pop("sanitize")
     for key in NON_IDENTITY_TRAINER_KEYS:
         container.get("trainer", {}).pop(key, None)
     return container

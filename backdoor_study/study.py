@@ -25,10 +25,15 @@ Cell = tuple[dict[str, Any], list[str]]
 
 def compose_train(overrides: list[str]) -> DictConfig:
     """The ``train`` config with ``overrides``, from a script, a test or inside ``@hydra.main``."""
+    return compose_config("train", overrides)
+
+
+def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
+    """The ``conf/{config_name}.yaml`` config (train, detect, sanitize...) with ``overrides``."""
     if GlobalHydra.instance().is_initialized():  # under @hydra.main, whose search path is CONF_DIR
-        return compose("train", overrides=overrides)
+        return compose(config_name, overrides=overrides)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=overrides)
+        return compose(config_name, overrides=overrides)
 
 
 def run_grid(

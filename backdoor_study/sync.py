@@ -9,13 +9,15 @@ sync twice adds nothing; a run whose logging was cut short is completed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from backdoor_study import rundir, tracking
+from backdoor_study import detect, rundir, sanitize, tracking
 from backdoor_study.config import ConfigError, validate
 from backdoor_study.eval import EVAL_FILE
 from backdoor_study.utils import read_json
@@ -41,29 +43,71 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     counts = {"run_dirs": 0, "logged": 0, "already_logged": 0}
     for run_dir in tqdm(rundir.find_run_dirs(root), desc="sync", unit="run"):
         counts["run_dirs"] += 1
-        digest = read_json(run_dir / rundir.METADATA_FILE)["config_digest"]
-        run_cfg = OmegaConf.load(run_dir / rundir.RESOLVED_CONFIG_FILE)
-        if _logged(client, exp_id, "train", run_dir, digest):
-            counts["already_logged"] += 1
-        else:
-            with tracking.start(
-                holder, "train", run_dir, config_digest=digest, run_cfg=run_cfg
-            ) as tracker:
-                tracking.log_train_run(
-                    tracker, run_dir, log_model=bool(cfg.tracking.get("log_model"))
-                )
-            counts["logged"] += 1
-        if (run_dir / EVAL_FILE).exists() and not _logged(client, exp_id, "eval", run_dir, digest):
-            parent, _ = tracking.train_run_id(run_dir)
-            with tracking.start(
-                holder, "eval", run_dir, config_digest=digest, run_cfg=run_cfg, parent_run_id=parent
-            ) as tracker:
-                tracking.log_eval_run(
-                    tracker, run_dir, read_json(run_dir / EVAL_FILE), run_dir / EVAL_FILE
-                )
-            counts["logged"] += 1
+        for kind, stage_dir, digest, log_it in _records(cfg, holder, run_dir):
+            if _logged(client, exp_id, kind, stage_dir, digest):
+                counts["already_logged"] += 1
+            else:
+                log_it()
+                counts["logged"] += 1
     log.info("sync into %s: %s", uri, counts)
     return counts
+
+
+def _records(
+    cfg: DictConfig, holder: DictConfig, run_dir: Path
+) -> Iterator[tuple[str, Path, str, Callable[[], None]]]:
+    """What one training run directory holds to log: (kind, directory, digest, how to log it) for
+    the training run, its eval, its detections and its sanitize results."""
+    digest = read_json(run_dir / rundir.METADATA_FILE)["config_digest"]
+    run_cfg = OmegaConf.load(run_dir / rundir.RESOLVED_CONFIG_FILE)
+    parent = None  # the training run's MLflow id, read once the training run is logged
+
+    def stage(kind: str, stage_dir: Path, stage_digest: str, metrics: dict, files: list) -> None:
+        with tracking.start(
+            holder,
+            kind,
+            stage_dir,
+            config_digest=stage_digest,
+            run_cfg=run_cfg,
+            parent_run_id=parent,
+        ) as tracker:
+            tracking.log_stage_run(tracker, run_dir, metrics, files)
+
+    def train_run() -> None:
+        with tracking.start(holder, "train", run_dir, config_digest=digest, run_cfg=run_cfg) as t:
+            tracking.log_train_run(t, run_dir, log_model=bool(cfg.tracking.get("log_model")))
+
+    yield "train", run_dir, digest, train_run
+    parent, _ = tracking.train_run_id(run_dir)
+    if (run_dir / EVAL_FILE).is_file():
+        result = read_json(run_dir / EVAL_FILE)
+        metrics = {**result.get("metrics", {}), "matches_train": result.get("matches_train")}
+        yield (
+            "eval",
+            run_dir,
+            digest,
+            lambda: stage("eval", run_dir, digest, metrics, [run_dir / EVAL_FILE]),
+        )
+    for done in sorted((run_dir / detect.DETECT_DIR).glob(f"*/{detect.METRICS_FILE}")):
+        out_dir = done.parent
+        recorded = OmegaConf.load(out_dir / detect.CONFIG_FILE)
+        d = detect.tracking_digest(
+            OmegaConf.to_container(recorded.identity), recorded.run_config_digest
+        )
+        files = sorted(p for p in out_dir.iterdir() if p.is_file())
+        yield "detect", out_dir, d, partial(stage, "detect", out_dir, d, read_json(done), files)
+    for done in sorted((run_dir / sanitize.SANITIZED_DIR).glob(f"*/{sanitize.SANITIZE_FILE}")):
+        detection_dir = Path(read_json(done)["detection_dir"])
+        recorded = OmegaConf.load(detection_dir / detect.CONFIG_FILE)
+        d = detect.tracking_digest(
+            OmegaConf.to_container(recorded.identity), recorded.run_config_digest
+        )
+        yield (
+            "sanitize",
+            done.parent,
+            d,
+            partial(sanitize.log_sanitize, holder, run_dir, done.parent, detection_dir),
+        )
 
 
 def _logged(client: Any, exp_id: str, kind: str, run_dir: Path, digest: str) -> bool:

@@ -170,6 +170,10 @@ class Tracker:
 
     def log_epoch(self, metrics: dict[str, Any], step: int) -> None:
         """Per-epoch metrics at ``step`` (the epoch number)."""
+        self.log_epochs([(metrics, step)])
+
+    def log_epochs(self, rows: list[tuple[dict[str, Any], int]]) -> None:
+        """Many (metrics, step) at once (a whole history.csv)."""
 
     def log_final(self, metrics: dict[str, Any]) -> None:
         """Final scalar metrics (non-numeric values are skipped)."""
@@ -218,13 +222,13 @@ class MlflowTracker(Tracker):
             for i in range(0, len(todo), 100):  # MLflow's per-call limit
                 self.client.log_batch(self.run_id, params=todo[i : i + 100])
 
-    def log_epoch(self, metrics: dict[str, Any], step: int) -> None:
-        self._log_metrics(metrics, step)
+    def log_epochs(self, rows: list[tuple[dict[str, Any], int]]) -> None:
+        self._log_metrics(rows)
 
     def log_final(self, metrics: dict[str, Any]) -> None:
-        self._log_metrics(metrics, 0)
+        self._log_metrics([(metrics, 0)])
 
-    def _log_metrics(self, metrics: dict[str, Any], step: int) -> None:
+    def _log_metrics(self, rows: list[tuple[dict[str, Any], int]]) -> None:
         import time
 
         from mlflow.entities import Metric
@@ -233,7 +237,11 @@ class MlflowTracker(Tracker):
             if self.failed:
                 return
             now = int(time.time() * 1000)
-            batch = [Metric(k, float(v), now, int(step)) for k, v in _scalars(metrics).items()]
+            batch = [
+                Metric(k, float(v), now, int(step))
+                for metrics, step in rows
+                for k, v in _scalars(metrics).items()
+            ]
             for i in range(0, len(batch), 1000):
                 self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
 
@@ -273,9 +281,10 @@ class MlflowTracker(Tracker):
         with self._guard():
             if self.failed:
                 return
-            for k, v in tags.items():
-                if v is not None:
-                    self.client.set_tag(self.run_id, k, str(v))
+            from mlflow.entities import RunTag
+
+            batch = [RunTag(k, str(v)) for k, v in tags.items() if v is not None]
+            self.client.log_batch(self.run_id, tags=batch)  # one transaction, not one per tag
 
     def end(self, status: str) -> None:
         with self._guard():
@@ -316,10 +325,14 @@ def _data_source(files: dict[str, Any]) -> Any:
     return ClinicalDataSource(json.loads(json.dumps(files, default=str)))
 
 
-def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+def _scalars(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numeric values of a (nested) metrics dict, nested keys dotted (``before.ASR``)."""
     out = {}
-    for k, v in metrics.items():
-        if isinstance(v, bool):
+    for key, v in metrics.items():
+        k = f"{prefix}{key}"
+        if isinstance(v, dict):
+            out.update(_scalars(v, f"{k}."))
+        elif isinstance(v, bool):
             out[k] = float(v)
         elif isinstance(v, (int, float, np.integer, np.floating)) and not (
             isinstance(v, float) and math.isinf(v)
@@ -476,9 +489,10 @@ def log_train_run(tracker: Tracker, run_dir: str | Path, log_model: bool = False
     tracker.set_tags(run_tags(run_cfg, metadata))
     history = run_dir / "history.csv"
     if history.exists():
-        for row in pd.read_csv(history).to_dict("records"):
-            step = int(row.pop("epoch"))
-            tracker.log_epoch(row, step)
+        rows = pd.read_csv(history).to_dict("records")
+        tracker.log_epochs(
+            [({k: v for k, v in r.items() if k != "epoch"}, int(r["epoch"])) for r in rows]
+        )
     tracker.log_final(read_json(run_dir / rundir.METRICS_FILE))
     data = metadata.get("data", {})
     if data.get("digest"):
@@ -496,10 +510,11 @@ def log_train_run(tracker: Tracker, run_dir: str | Path, log_model: bool = False
     tracker.log_artifacts([run_dir / f for f in RUN_ARTIFACTS])
 
 
-def log_eval_run(
-    tracker: Tracker, run_dir: str | Path, result: dict[str, Any], result_file: Path
+def log_stage_run(
+    tracker: Tracker, run_dir: str | Path, metrics: dict[str, Any], files: Iterable[Path]
 ) -> None:
-    """Log an eval result (its recomputed metrics, whether they match train) and its file."""
+    """Log what a later stage (eval, detect, sanitize) made of training run ``run_dir``: the
+    training run's tags, the stage's numeric metrics (nested keys dotted) and its files."""
     if tracker.run_id is None:
         return
     run_dir = Path(run_dir)
@@ -509,8 +524,20 @@ def log_eval_run(
             read_json(run_dir / rundir.METADATA_FILE),
         )
     )
-    tracker.log_final({**result.get("metrics", {}), "matches_train": result.get("matches_train")})
-    tracker.log_artifacts([result_file])
+    tracker.log_final(metrics)
+    tracker.log_artifacts(files)
+
+
+def log_eval_run(
+    tracker: Tracker, run_dir: str | Path, result: dict[str, Any], result_file: Path
+) -> None:
+    """Log an eval result (its recomputed metrics, whether they match train) and its file."""
+    log_stage_run(
+        tracker,
+        run_dir,
+        {**result.get("metrics", {}), "matches_train": result.get("matches_train")},
+        [result_file],
+    )
 
 
 def train_run_id(run_dir: str | Path) -> tuple[str | None, str | None]:
@@ -523,10 +550,12 @@ def train_run_id(run_dir: str | Path) -> tuple[str | None, str | None]:
 
 
 def confusion_figures(run_dir: Path) -> dict[str, Any]:
-    """Confusion matrices of the clean and the triggered test set, from predictions.parquet."""
+    """One figure: the confusion matrices of the clean and (with a trigger) the triggered test
+    set, from predictions.parquet and the run's decision threshold."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay
 
     from backdoor_study.metrics import predict
@@ -535,27 +564,20 @@ def confusion_figures(run_dir: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     frame = pd.read_parquet(path)
-    metrics = read_json(run_dir / rundir.METRICS_FILE)
-    threshold = metrics.get("decision_threshold")
-    cut = (
-        0.5
-        if threshold is None or (isinstance(threshold, float) and math.isnan(threshold))
-        else threshold
-    )
+    threshold = read_json(run_dir / rundir.METRICS_FILE).get("decision_threshold")
+    cut = 0.5 if threshold is None or math.isnan(float(threshold)) else float(threshold)
     y = frame["y_true"].to_numpy()
-    n_classes = sum(c.startswith("prob_") and not c.startswith("prob_triggered_") for c in frame)
-    labels = list(range(n_classes))
-    preds = {"confusion_clean": frame["pred"].to_numpy()}
+    labels = list(range(sum(c.startswith("prob_") and "triggered" not in c for c in frame)))
+    preds = {"clean test set": frame["pred"].to_numpy()}
     triggered_cols = [f"prob_triggered_{c}" for c in labels]
     if all(c in frame for c in triggered_cols):
-        preds["confusion_triggered"] = predict(frame[triggered_cols].to_numpy(), cut)
-    figures = {}
-    for name, pred in preds.items():
-        disp = ConfusionMatrixDisplay.from_predictions(y, pred, labels=labels, colorbar=False)
-        title = "clean test set" if name.endswith("clean") else "triggered test set"
-        disp.ax_.set_title(f"{title} (threshold {cut:.3f})")
-        figures[name] = disp.figure_
-    return figures
+        preds["triggered test set"] = predict(frame[triggered_cols].to_numpy(), cut)
+    fig, axes = plt.subplots(1, len(preds), figsize=(4 * len(preds), 3.6), dpi=72, squeeze=False)
+    for ax, (title, pred) in zip(axes[0], preds.items()):
+        ConfusionMatrixDisplay.from_predictions(y, pred, labels=labels, ax=ax, colorbar=False)
+        ax.set_title(title)
+    fig.suptitle(f"{run_dir.name}: decision threshold {cut:.3f}")
+    return {"confusion_matrices": fig}
 
 
 def _close(fig: Any) -> None:

@@ -103,7 +103,7 @@ def test_train_and_eval_are_logged_once_and_linked(cohort, store, tmp_path, trac
     artifacts = {a.path for a in client.list_artifacts(only.info.run_id)}
     assert {"config_resolved.yaml", "run_metadata.json", "experiment_summary.csv"} <= artifacts
     figures = {a.path for a in client.list_artifacts(only.info.run_id, "figures")}
-    assert figures == {"figures/confusion_clean.png", "figures/confusion_triggered.png"}
+    assert figures == {"figures/confusion_matrices.png"}  # clean and triggered test set
     (data_input,) = only.inputs.dataset_inputs
     assert data_input.dataset.digest == meta["data"]["digest"][:36]
     assert {t.key: t.value for t in data_input.tags}["backdoor_study.data_digest"] == (
@@ -124,7 +124,7 @@ def test_train_and_eval_are_logged_once_and_linked(cohort, store, tmp_path, trac
     # sync finds the one run directory (not the artifact copies in the store) and adds nothing
     scfg = make_cfg("sync", cohort, tmp_path, f"runs_root={tmp_path}", "tracking.experiment=linked")
     scfg.tracking.uri = store
-    assert sync.run(scfg) == {"run_dirs": 1, "logged": 0, "already_logged": 1}
+    assert sync.run(scfg) == {"run_dirs": 1, "logged": 0, "already_logged": 2}
     assert len(runs_of(store, "linked")) == 2
 
 
@@ -178,3 +178,46 @@ def test_bad_tracking_value_names_the_key(cohort, tmp_path):
 
     with pytest.raises(ConfigError, match=r"tracking.http_retries=-1 is invalid"):
         train.run(make_cfg("train", cohort, tmp_path, "tracking.http_retries=-1"))
+
+
+def test_detect_and_sanitize_are_children_of_the_training_run(cohort, store, tmp_path, tracking_on):
+    from backdoor_study import sanitize
+
+    cfg = make_cfg(
+        "train",
+        cohort,
+        tmp_path,
+        "trigger=rare_value",
+        "poison_rate=0.05",
+        f"tracking.uri={store}",
+        "tracking.experiment=stages",
+    )
+    train.run(cfg)
+    scfg = make_cfg(
+        "sanitize",
+        cohort,
+        tmp_path,
+        f"run_dir={cfg.run_dir}",
+        "detector=spectral",
+        "device=cpu",
+        "progress=false",
+        "tracking.experiment=stages",
+    )
+    result = sanitize.run(scfg)
+    runs = {r.data.tags["backdoor_study.kind"]: r for r in runs_of(store, "stages")}
+    kinds = sorted(r.data.tags["backdoor_study.kind"] for r in runs_of(store, "stages"))
+    assert kinds == ["detect", "sanitize", "train", "train"]  # the retrain is a training run
+    trained = json.loads((Path(cfg.run_dir) / "run_metadata.json").read_text())["mlflow"]["run_id"]
+    for kind in ("detect", "sanitize"):
+        assert runs[kind].data.tags["mlflow.parentRunId"] == trained
+        assert runs[kind].data.tags["trigger"] == "rare_value"
+    assert runs["sanitize"].data.metrics["after.ASR"] == pytest.approx(result["after"]["ASR"])
+    assert "auroc" in runs["detect"].data.metrics
+
+    assert sanitize.run(scfg)["skipped"]  # skipped: no new MLflow runs
+    sync_cfg = make_cfg(
+        "sync", cohort, tmp_path, f"runs_root={tmp_path}", "tracking.experiment=stages"
+    )
+    sync_cfg.tracking.uri = store
+    assert sync.run(sync_cfg)["logged"] == 0
+    assert len(runs_of(store, "stages")) == 4
