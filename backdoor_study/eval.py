@@ -37,12 +37,17 @@ EVAL_FILE = "eval_metrics.json"
 
 
 class EvalError(RuntimeError):
-    pass
+    """The eval request itself cannot be served (e.g. ``checkpoint=`` names no file)."""
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     rundir.check_finished(run_dir)
+    if cfg.checkpoint and not Path(cfg.checkpoint).is_file():
+        raise EvalError(
+            f"checkpoint={cfg.checkpoint!r}: no such file; leave it unset for the run's "
+            f"{rundir.FINAL_MODEL_FILE}, or name one of its checkpoint_epoch_N.pt"
+        )
     with rundir.lock(run_dir, purpose="eval"):
         rundir.remove_stale_tmp(run_dir)
         loaded = rundir.load_run(run_dir, checkpoint=cfg.checkpoint, device=cfg.device)

@@ -279,3 +279,26 @@ def test_non_parquet_data_path_is_a_data_error(tmp_path):
     with pytest.raises(DataValidationError, match=r"cohort.parquet is not a readable Parquet file"):
         train.run(make_cfg(bad, tmp_path / "runs"))
     assert not any(p.name == "seed_42" for p in (tmp_path / "runs").rglob("*"))
+
+
+@pytest.mark.slow
+def test_sigkill_at_ten_random_times_always_resumes_bitwise_identical(tmp_path):
+    """The fault-injection loop of benchmarks/sigkill_resume.py (real processes, SIGKILL)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "sigkill_resume",
+        Path(__file__).resolve().parent.parent / "benchmarks" / "sigkill_resume.py",
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.run_trials(trials=10, seed=3, epochs=6, workdir=tmp_path)
+    assert len(results) == 10
+    assert all(r["identical"] for r in results), [r for r in results if not r["identical"]]
+
+
+def test_eval_of_a_checkpoint_that_is_not_there_names_it(finished_run):
+    cfg = eval_cfg(finished_run)
+    cfg.checkpoint = str(finished_run / "checkpoint_epoch_99.pt")
+    with pytest.raises(eval_mod.EvalError, match=r"checkpoint_epoch_99.pt'?: no such file"):
+        eval_mod.run(cfg)
