@@ -113,6 +113,7 @@ def sweep(
 
 def calibrate(data_dir: Path, root: Path) -> dict[str, float]:
     """Seconds of one training epoch per model on the default dev cohort (one worker)."""
+    data_dir = data_dir.with_name(data_dir.name + "_default")  # the default cohort size
     per_epoch = {}
     for model in MODELS:
         runs_root = root / f"calibrate-{model}"
@@ -161,11 +162,25 @@ def main() -> None:
             train_cmd([*common, "tracking=none", "epochs=1", f"runs_root={root / 'warmup'}"], False),
             cwd=REPO, env=env(data_dir), capture_output=True, text=True, check=True,
         )  # fmt: skip
+        # with --keep, measured sweeps are saved and reused (e.g. to redo only the calibration)
+        saved = root / "sweeps.json"
+        done = json.loads(saved.read_text()) if a.keep and saved.is_file() else []
+        done = [r for r in done if r.get("common") == common]
         rows = []
         for grid in a.grids:
             for workers in a.workers:
                 for tracking in ("none", "mlflow"):
-                    r = sweep(grid, workers, tracking, common, data_dir, root)
+                    key = (grid, workers, tracking)
+                    r = next(
+                        (d for d in done if (d["grid"], d["workers"], d["tracking"]) == key), None
+                    )
+                    if r is None:
+                        r = {
+                            **sweep(grid, workers, tracking, common, data_dir, root),
+                            "common": common,
+                        }
+                        done.append(r)
+                        saved.write_text(json.dumps(done, indent=1))
                     rows.append(r)
                     print(
                         f"{grid:>13s} workers={workers} tracking={tracking:<6s} runs={r['runs']:3d} "
