@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from backdoor_study import rundir
+from backdoor_study import rundir, tracking
 from backdoor_study.config import DETECTOR_SCHEMAS, DetectConfig, validate
 from backdoor_study.utils import (
     atomic_write_bytes,
@@ -166,7 +166,27 @@ def detect_run(
             loaded = rundir.load_run(run_dir, checkpoint=cfg.checkpoint, device=cfg.device)
         else:
             loaded = load()
-        return _detect(cfg, loaded, out_dir, identity, run_digest)
+        parent, recorded_uri = tracking.train_run_id(run_dir)
+        with tracking.start(
+            cfg,
+            "detect",
+            out_dir,
+            config_digest=tracking_digest(identity, run_digest),
+            run_cfg=loaded.cfg,
+            parent_run_id=parent,
+            recorded_uri=recorded_uri,
+        ) as tracker:
+            metrics = _detect(cfg, loaded, out_dir, identity, run_digest)
+            tracking.log_stage_run(
+                tracker, run_dir, metrics, sorted(p for p in out_dir.iterdir() if p.is_file())
+            )
+        return metrics
+
+
+def tracking_digest(identity: dict[str, Any], run_digest: str | None) -> str:
+    """What identifies a detection (or the sanitize built on it) in the tracking store: the
+    detection identity and the config digest of the run it scored."""
+    return sha256_json({"detection": identity, "run_config_digest": run_digest})
 
 
 def _run_digest(run_dir: Path) -> str | None:

@@ -479,3 +479,21 @@ def _recorded_poisoned_indices(run_dir: Path) -> np.ndarray:
         raise RunDirError(
             f"{path} is not a readable .npy file ({e}); the run directory is damaged"
         ) from None
+
+
+# MLflow's artifact store inside a runs tree (tracking.py) holds copies of run files: not runs.
+TRACKING_ARTIFACTS_DIR = "mlartifacts"
+
+
+def find_run_dirs(runs_root: Path) -> list[Path]:
+    """Every completed training run directory under ``runs_root`` (``metrics.json`` is written
+    last), leaving out the tracking store's artifact copies and dot-entries (staged overwrites
+    ``.{name}.new`` / ``.{name}.old``, ``.submitit``, ...)."""
+    return sorted(
+        p.parent
+        for p in Path(runs_root).rglob(METRICS_FILE)
+        if TRACKING_ARTIFACTS_DIR not in (parts := p.relative_to(runs_root).parts)
+        and not any(part.startswith(".") for part in parts)
+        and (p.parent / RESOLVED_CONFIG_FILE).exists()
+        and (p.parent / METADATA_FILE).exists()
+    )

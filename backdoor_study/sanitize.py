@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from backdoor_study import detect, rundir
+from backdoor_study import detect, rundir, tracking
 from backdoor_study.config import validate
 from backdoor_study.utils import read_json, sha256_indices, write_json
 
@@ -92,7 +92,32 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
     with rundir.lock(run_dir, purpose="sanitize"):
         _link(run_dir, "sanitized_runs", {detection_dir.name: str(sanitized_dir)}, merge=True)
+    if not result["skipped"]:  # a skipped sanitize adds no MLflow run
+        log_sanitize(cfg, run_dir, sanitized_dir, detection_dir)
     return result
+
+
+def log_sanitize(cfg: DictConfig, run_dir: Path, sanitized_dir: Path, detection_dir: Path) -> None:
+    """Track a sanitize result (sanitize.json) as a child of the training run it cleaned.
+    (The sanitized retrain is itself tracked by ``train.run`` as a training run.)"""
+    recorded = OmegaConf.load(detection_dir / detect.CONFIG_FILE)
+    parent, recorded_uri = tracking.train_run_id(run_dir)
+    with tracking.start(
+        cfg,
+        "sanitize",
+        sanitized_dir,
+        config_digest=detect.tracking_digest(
+            OmegaConf.to_container(recorded.identity), recorded.run_config_digest
+        ),
+        run_cfg=rundir.load_run_config(run_dir),
+        parent_run_id=parent,
+        recorded_uri=recorded_uri,
+    ) as tracker:
+        result_file = sanitized_dir / SANITIZE_FILE
+        metrics = read_json(result_file)
+        numeric = {k: metrics[k] for k in ("detection", "before", "after", "clean_model")}
+        numeric |= {k: metrics[k] for k in ("n_excluded", "n_poisoned_excluded")}
+        tracking.log_stage_run(tracker, run_dir, numeric, [result_file])
 
 
 def sanitized_config(

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from backdoor_study import rundir
+from backdoor_study import rundir, sweep, tracking
 from backdoor_study.config import validate
 from backdoor_study.evaluation import evaluate
 from backdoor_study.experiment import Prepared, prepare
@@ -85,8 +85,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             metrics = read_json(run_dir / rundir.METRICS_FILE)
             return {**metrics, "skipped": True}
 
-        with _RunLog() as run_log:
-            return _train(cfg, run_dir, digest, identity, plan, run_log)
+        with (
+            _RunLog() as run_log,
+            tracking.start(cfg, "train", run_dir, config_digest=digest) as tracker,
+        ):
+            metrics = _train(cfg, run_dir, digest, identity, plan, run_log)
+            tracking.log_train_run(tracker, run_dir, log_model=bool(cfg.tracking.get("log_model")))
+        return metrics
 
 
 def _train(
@@ -463,8 +468,10 @@ def _clean_reference_asr(cfg: DictConfig) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------- CLI
-def main(cfg: DictConfig) -> None:
-    metrics = run(cfg)
+def main(cfg: DictConfig) -> float | None:
+    metrics = sweep.run_job(cfg, run)
+    if metrics is None:  # a failed job of a sweep, reported at the sweep's end
+        return None
     keys = [
         "auroc_clean",
         "auprc_clean",
@@ -479,6 +486,7 @@ def main(cfg: DictConfig) -> None:
     shown = {k: round(metrics[k], 4) for k in keys if isinstance(metrics.get(k), float)}
     status = "skipped (already complete)" if metrics.get("skipped") else "done"
     print(f"{status}: {cfg.run_dir} {shown}")
+    return metrics.get("best_val_auroc")  # the objective of hydra/sweeper=optuna
 
 
 def _main() -> None:

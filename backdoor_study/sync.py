@@ -1,0 +1,133 @@
+"""``python -m backdoor_study.sync runs_root=...``: log finished run directories to a tracking store.
+
+For runs made while the store was unreachable or locked, with ``tracking=none``, or for moving a
+runs tree to a shared server (``tracking.uri=http://...``). Idempotent: a run already recorded in
+the store (same kind, run directory and config digest, status FINISHED) is left alone, so running
+sync twice adds nothing; a run whose logging was cut short is completed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from backdoor_study import detect, rundir, sanitize, tracking
+from backdoor_study.config import ConfigError, validate
+from backdoor_study.eval import EVAL_FILE
+from backdoor_study.utils import read_json
+
+log = logging.getLogger("backdoor_study.sync")
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Log every finished run under ``cfg.runs_root`` that the store does not hold yet; counts."""
+    validate(cfg)
+    if not tracking.enabled(cfg):
+        raise ConfigError(
+            f"tracking.name={cfg.tracking.name!r} (or {tracking.TRACKING_ENV}=none): "
+            "sync needs tracking=mlflow"
+        )
+    root = Path(cfg.runs_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"runs_root={str(root)!r}: no such directory")
+    uri = tracking.store_uri(cfg.tracking, root)
+    client, exp_id = tracking.open_experiment(cfg.tracking, uri)
+    holder = OmegaConf.create({"tracking": cfg.tracking, "runs_root": str(root)})
+
+    counts = {"run_dirs": 0, "logged": 0, "already_logged": 0}
+    for run_dir in tqdm(rundir.find_run_dirs(root), desc="sync", unit="run"):
+        counts["run_dirs"] += 1
+        for kind, stage_dir, digest, log_it in _records(cfg, holder, run_dir):
+            if _logged(client, exp_id, kind, stage_dir, digest):
+                counts["already_logged"] += 1
+            else:
+                log_it()
+                counts["logged"] += 1
+    log.info("sync into %s: %s", uri, counts)
+    return counts
+
+
+def _records(
+    cfg: DictConfig, holder: DictConfig, run_dir: Path
+) -> Iterator[tuple[str, Path, str, Callable[[], None]]]:
+    """What one training run directory holds to log: (kind, directory, digest, how to log it) for
+    the training run, its eval, its detections and its sanitize results."""
+    digest = read_json(run_dir / rundir.METADATA_FILE)["config_digest"]
+    run_cfg = OmegaConf.load(run_dir / rundir.RESOLVED_CONFIG_FILE)
+    parent = None  # the training run's MLflow id, read once the training run is logged
+
+    def stage(kind: str, stage_dir: Path, stage_digest: str, metrics: dict, files: list) -> None:
+        with tracking.start(
+            holder,
+            kind,
+            stage_dir,
+            config_digest=stage_digest,
+            run_cfg=run_cfg,
+            parent_run_id=parent,
+        ) as tracker:
+            tracking.log_stage_run(tracker, run_dir, metrics, files)
+
+    def train_run() -> None:
+        with tracking.start(holder, "train", run_dir, config_digest=digest, run_cfg=run_cfg) as t:
+            tracking.log_train_run(t, run_dir, log_model=bool(cfg.tracking.get("log_model")))
+
+    yield "train", run_dir, digest, train_run
+    parent, _ = tracking.train_run_id(run_dir)
+    if (run_dir / EVAL_FILE).is_file():
+        result = read_json(run_dir / EVAL_FILE)
+        metrics = {**result.get("metrics", {}), "matches_train": result.get("matches_train")}
+        yield (
+            "eval",
+            run_dir,
+            digest,
+            lambda: stage("eval", run_dir, digest, metrics, [run_dir / EVAL_FILE]),
+        )
+    for done in sorted((run_dir / detect.DETECT_DIR).glob(f"*/{detect.METRICS_FILE}")):
+        out_dir = done.parent
+        recorded = OmegaConf.load(out_dir / detect.CONFIG_FILE)
+        d = detect.tracking_digest(
+            OmegaConf.to_container(recorded.identity), recorded.run_config_digest
+        )
+        files = sorted(p for p in out_dir.iterdir() if p.is_file())
+        yield "detect", out_dir, d, partial(stage, "detect", out_dir, d, read_json(done), files)
+    for done in sorted((run_dir / sanitize.SANITIZED_DIR).glob(f"*/{sanitize.SANITIZE_FILE}")):
+        detection_dir = Path(read_json(done)["detection_dir"])
+        recorded = OmegaConf.load(detection_dir / detect.CONFIG_FILE)
+        d = detect.tracking_digest(
+            OmegaConf.to_container(recorded.identity), recorded.run_config_digest
+        )
+        yield (
+            "sanitize",
+            done.parent,
+            d,
+            partial(sanitize.log_sanitize, holder, run_dir, done.parent, detection_dir),
+        )
+
+
+def _logged(client: Any, exp_id: str, kind: str, run_dir: Path, digest: str) -> bool:
+    found = tracking.find_run(client, exp_id, kind, run_dir, digest)
+    return found is not None and found.info.status == "FINISHED"
+
+
+def main(cfg: DictConfig) -> None:
+    counts = run(cfg)
+    print(
+        f"{counts['run_dirs']} run directories under {cfg.runs_root}: "
+        f"{counts['logged']} MLflow runs logged, {counts['already_logged']} already there"
+    )
+
+
+def _main() -> None:
+    from backdoor_study.cli import hydra_entry
+
+    hydra_entry("sync", main)
+
+
+if __name__ == "__main__":
+    _main()
