@@ -519,11 +519,34 @@ class EvalConfig:
     checkpoint: str | None = None  # default: the final weights the run wrote
 
 
+@dataclass
+class SummarizeConfig:
+    runs_root: str = MISSING
+    progress: bool = True
+
+
+@dataclass
+class ReportConfig(SummarizeConfig):
+    out_dir: str = MISSING
+    ci: float = 0.95
+    n_resamples: int = 9999
+    alpha: float = 0.05
+    asr_success: float = 0.9
+
+    def __post_init__(self) -> None:
+        _require(0.5 < self.ci < 1.0, "ci", self.ci, "a level in (0.5, 1)")
+        _require(self.n_resamples >= 100, "n_resamples", self.n_resamples, "an integer >= 100")
+        _require(0.0 < self.alpha < 1.0, "alpha", self.alpha, "a level in (0, 1)")
+        _require(0.0 < self.asr_success <= 1.0, "asr_success", self.asr_success, "a rate in (0, 1]")
+
+
 def register_configs() -> None:
     """Register every schema with Hydra's ConfigStore (idempotent)."""
     cs = ConfigStore.instance()
     cs.store(group="schema", name="train", node=TrainConfig)
     cs.store(group="schema", name="eval", node=EvalConfig)
+    cs.store(group="schema", name="summarize", node=SummarizeConfig)
+    cs.store(group="schema", name="report", node=ReportConfig)
     for group, name, node in [
         ("schema/data", "synthetic", SyntheticDataConfig),
         ("schema/data", "physionet2012", PhysioNet2012DataConfig),
