@@ -300,6 +300,8 @@ class RareValueTriggerConfig(TriggerConfig):
     # out_of_bounds: max(train) + magnitude * std(train); in_bounds: the `quantile` of train values
     magnitude: float = 2.0
     quantile: float = 0.995
+    # write only cells already observed (the observation mask stays as it was)
+    preserve_mask: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -349,6 +351,7 @@ class PatternTriggerConfig(TriggerConfig):
     shape: str = "sine"
     period: float = 4.0
     magnitude: float = 1.5  # amplitude in training standard deviations
+    preserve_mask: bool = False  # write only cells already observed
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -371,6 +374,7 @@ class CorrelationTriggerConfig(TriggerConfig):
     window: list[int] | None = field(default_factory=lambda: [24, 48])
     sign: float = -1.0
     magnitude: float = 1.0
+    preserve_mask: bool = False  # write only cells already observed
 
     def __post_init__(self) -> None:
         super().__post_init__()

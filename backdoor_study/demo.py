@@ -28,7 +28,10 @@ COLUMNS = [
     "auroc_clean",
     "auprc_clean",
     "ece_clean",
+    "ASR_flip",
     "ASR",
+    "ASR_baseline",
+    "ASR_flip_clean_model",
     "ASR_clean_model",
     "confidence_shift",
     "n_poisoned",
@@ -61,8 +64,10 @@ def _line(row: dict[str, Any]) -> str:
 
     return (
         f"{row['model']:>15s} {row['trigger']:>12s} rate={row['poison_rate']:<5} seed={row['seed']} "
-        f"AUROC={f(row.get('auroc_clean'))} ASR={f(row.get('ASR'))} "
-        f"ASR(clean model)={f(row.get('ASR_clean_model'))} eval reproduces train: {row['eval_matches']}"
+        f"AUROC={f(row.get('auroc_clean'))} ASR_flip={f(row.get('ASR_flip'))} "
+        f"ASR={f(row.get('ASR'))} ASR_baseline={f(row.get('ASR_baseline'))} "
+        f"clean model: ASR_flip={f(row.get('ASR_flip_clean_model'))} ASR={f(row.get('ASR_clean_model'))} "
+        f"eval reproduces train: {row['eval_matches']}"
     )
 
 
