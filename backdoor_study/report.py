@@ -731,7 +731,7 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-def render_html(ctx: ReportContext, sections: list[Section], stats_md: str, title: str) -> str:
+def render_html(ctx: ReportContext, sections: list[Section], title: str) -> str:
     k = kpis(ctx)
     n_kind = ctx.summary["kind"].value_counts().to_dict() if "kind" in ctx.summary else {}
     sub = ", ".join(f"{n} {kind}" for kind, n in n_kind.items())
@@ -788,6 +788,42 @@ def _stats_html(stats: pd.DataFrame) -> str:
 
 
 # --------------------------------------------------------------------------------------- entry
+def write_stats(
+    summary: pd.DataFrame,
+    out_dir: str | Path,
+    *,
+    ci: float = 0.95,
+    n_resamples: int = 9999,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """:func:`backdoor_study.stats.study_stats` of ``summary`` -> ``stats.csv`` and ``stats.md``."""
+    out = Path(out_dir)
+    st = (
+        study_stats.study_stats(summary, ci=ci, n_resamples=n_resamples, alpha=alpha)
+        if "poison_rate" in summary
+        else pd.DataFrame()
+    )
+    atomic_write_text(out / "stats.csv", st.to_csv(index=False))
+    atomic_write_text(out / "stats.md", study_stats.markdown_table(st))
+    return st
+
+
+def build_sections(ctx: ReportContext) -> list[Section]:
+    """Every registered section builder whose run kind is in the summary (figures written)."""
+    sections: list[Section] = []
+    kinds = list(ctx.summary["kind"].unique()) if "kind" in ctx.summary else []
+    with plt.style.context(STYLE):
+        for kind in tqdm(list(SECTIONS), desc="report", unit="section", disable=not ctx.progress):
+            if kind in kinds:
+                sections += SECTIONS[kind](ctx)
+    for kind in kinds:
+        if kind not in SECTIONS and kind != "clean_reference":
+            log.warning(
+                "no report section for runs of kind %r: listed in the runs table only", kind
+            )
+    return sections
+
+
 def build_report(
     summary: pd.DataFrame,
     out_dir: str | Path,
@@ -802,30 +838,12 @@ def build_report(
     """Figures, statistics and ``index.html`` for ``summary`` under ``out_dir``; returns the page."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    st = (
-        study_stats.study_stats(summary, ci=ci, n_resamples=n_resamples, alpha=alpha)
-        if "poison_rate" in summary
-        else pd.DataFrame()
-    )
-    atomic_write_text(out / "stats.csv", st.to_csv(index=False))
-    stats_md = study_stats.markdown_table(st)
-    atomic_write_text(out / "stats.md", stats_md)
+    st = write_stats(summary, out, ci=ci, n_resamples=n_resamples, alpha=alpha)
     ctx = ReportContext(
         summary=summary, stats=st, out_dir=out, asr_success=asr_success, progress=progress
     )
-    sections: list[Section] = []
-    kinds = list(summary["kind"].unique()) if "kind" in summary else []
-    with plt.style.context(STYLE):
-        for kind in tqdm(list(SECTIONS), desc="report", unit="section", disable=not progress):
-            if kind in kinds:
-                sections += SECTIONS[kind](ctx)
-    for kind in kinds:
-        if kind not in SECTIONS and kind != "clean_reference":
-            log.warning(
-                "no report section for runs of kind %r: listed in the runs table only", kind
-            )
-    page = atomic_write_text(out / "index.html", render_html(ctx, sections, stats_md, title))
-    return page
+    sections = build_sections(ctx)
+    return atomic_write_text(out / "index.html", render_html(ctx, sections, title))
 
 
 def run(cfg: DictConfig) -> Path:
