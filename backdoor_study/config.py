@@ -485,6 +485,32 @@ class TrackingConfig:
 
 
 @dataclass
+class SanitizeConfig:
+    """A sanitized retrain: the run's config minus these training stays (set by ``sanitize``).
+
+    ``exclude_file`` is an ``.npy`` of sorted int64 positions into the training split (the
+    indexing of ``poisoned_indices.npy``); ``exclude_digest`` its sha256, so a changed file is
+    refused rather than silently training on another set. ``source_run`` and ``detector`` say
+    where the exclusion came from.
+    """
+
+    exclude_file: str = MISSING
+    exclude_digest: str = MISSING
+    n_excluded: int = 0
+    source_run: str = ""
+    detector: str = ""
+
+    def __post_init__(self) -> None:
+        _require(self.n_excluded >= 0, "sanitize.n_excluded", self.n_excluded, "an integer >= 0")
+        _require(
+            len(self.exclude_digest) == 64,
+            "sanitize.exclude_digest",
+            self.exclude_digest,
+            "the 64-hex-digit sha256 of the exclude_file's indices",
+        )
+
+
+@dataclass
 class TrainConfig:
     data: Any = MISSING
     model: Any = MISSING
@@ -507,6 +533,9 @@ class TrainConfig:
     clean_reference: bool = True
     runs_root: str = "runs"
     run_dir: str = MISSING
+    # Set only on a sanitized retrain (see SanitizeConfig); absent from the identity when null,
+    # so runs made before the key existed keep their config digest.
+    sanitize: SanitizeConfig | None = None
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
@@ -544,6 +573,219 @@ class ReportConfig(SummarizeConfig):
         _require(0.0 < self.asr_success <= 1.0, "asr_success", self.asr_success, "a rate in (0, 1]")
 
 
+# ---------------------------------------------------------------------------- detectors
+@dataclass
+class DetectorConfig:
+    """Shared detector fields. Per class, the top ``eps_multiplier x expected_rate`` stays by
+    score are flagged (``expected_rate`` is a ``detect`` key: the poison fraction budgeted for)."""
+
+    name: str = MISSING
+    eps_multiplier: float = 1.5
+
+    def __post_init__(self) -> None:
+        _require(
+            self.eps_multiplier > 0,
+            "detector.eps_multiplier",
+            self.eps_multiplier,
+            "a number > 0 (the flag budget is eps_multiplier x expected_rate)",
+        )
+
+
+@dataclass
+class SpectralDetectorConfig(DetectorConfig):
+    name: str = "spectral"
+
+
+@dataclass
+class ActivationClusteringDetectorConfig(DetectorConfig):
+    name: str = "activation_clustering"
+    n_components: int = 10
+    reducer: str = "pca"  # fastica | pca
+    # which 2-means splits count as poison: size | silhouette | size_or_silhouette | size_and_silhouette
+    rule: str = "size"
+    size_threshold: float = 0.35  # the smaller cluster holds at most this share of its class
+    silhouette_threshold: float = 0.15
+    silhouette_rows: int = 5000
+    flag_rule: str = "cluster"  # cluster (the whole smaller cluster) | budget (its top by score)
+    random_state: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(
+            self.n_components >= 1, "detector.n_components", self.n_components, "an integer >= 1"
+        )
+        choices = {
+            "reducer": ("fastica", "pca"),
+            "rule": ("size", "silhouette", "size_or_silhouette", "size_and_silhouette"),
+            "flag_rule": ("cluster", "budget"),
+        }
+        for key, valid in choices.items():
+            value = getattr(self, key)
+            _require(value in valid, f"detector.{key}", value, f"one of {list(valid)}")
+        _require(
+            0.0 < self.size_threshold <= 0.5,
+            "detector.size_threshold",
+            self.size_threshold,
+            "a fraction in (0, 0.5]",
+        )
+        _require(
+            -1.0 <= self.silhouette_threshold <= 1.0,
+            "detector.silhouette_threshold",
+            self.silhouette_threshold,
+            "a number in [-1, 1]",
+        )
+        _require(
+            self.silhouette_rows >= 2,
+            "detector.silhouette_rows",
+            self.silhouette_rows,
+            "an integer >= 2",
+        )
+
+
+@dataclass
+class SpectreDetectorConfig(DetectorConfig):
+    name: str = "spectre"
+    n_components: int = 16
+    alpha: float = 4.0
+    support_fraction: float | None = None  # MinCovDet's; null = its default
+    max_fit_rows: int = 20_000  # the robust covariance is fitted on at most this many rows
+    random_state: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(
+            self.n_components >= 1, "detector.n_components", self.n_components, "an integer >= 1"
+        )
+        _require(self.alpha > 0, "detector.alpha", self.alpha, "a number > 0")
+        _require(
+            self.support_fraction is None or 0.0 < self.support_fraction <= 1.0,
+            "detector.support_fraction",
+            self.support_fraction,
+            "null or a fraction in (0, 1]",
+        )
+        _require(
+            self.max_fit_rows >= 2, "detector.max_fit_rows", self.max_fit_rows, "an integer >= 2"
+        )
+
+
+@dataclass
+class SaliencyDetectorConfig(DetectorConfig):
+    name: str = "saliency"
+    method: str = "integrated_gradients"  # integrated_gradients | input_x_gradient | saliency
+    n_steps: int = 4  # integrated gradients only
+    unit: str = "variable"  # concentration on one variable, or on one variable x hour cell
+    batch_size: int = 256  # stays per attribution call
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        methods = ("integrated_gradients", "input_x_gradient", "saliency")
+        _require(self.method in methods, "detector.method", self.method, f"one of {list(methods)}")
+        _require(self.n_steps >= 1, "detector.n_steps", self.n_steps, "an integer >= 1")
+        units = ("variable", "cell")
+        _require(self.unit in units, "detector.unit", self.unit, f"one of {list(units)}")
+        _require(self.batch_size >= 1, "detector.batch_size", self.batch_size, "an integer >= 1")
+
+
+@dataclass
+class IsolationForestDetectorConfig(DetectorConfig):
+    name: str = "isolation_forest"
+    n_estimators: int = 100
+    # trees' sample size: 'auto' (min(256, n)), an integer >= 1 or a fraction in (0, 1]
+    max_samples: Any = "auto"
+    per_class: bool = True  # score each class on its own (poison is unusual for its label)
+    random_state: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(
+            self.n_estimators >= 1, "detector.n_estimators", self.n_estimators, "an integer >= 1"
+        )
+        m = self.max_samples
+        _require(
+            m == "auto"
+            or (isinstance(m, int) and not isinstance(m, bool) and m >= 1)
+            or (isinstance(m, float) and 0.0 < m <= 1.0),
+            "detector.max_samples",
+            m,
+            "'auto', an integer >= 1 or a fraction in (0, 1]",
+        )
+
+
+DETECTOR_SCHEMAS: dict[str, type[DetectorConfig]] = {
+    "spectral": SpectralDetectorConfig,
+    "activation_clustering": ActivationClusteringDetectorConfig,
+    "spectre": SpectreDetectorConfig,
+    "saliency": SaliencyDetectorConfig,
+    "isolation_forest": IsolationForestDetectorConfig,
+}
+
+
+def _expected_rate(value: Any, key: str = "expected_rate") -> None:
+    if value == "auto":
+        return
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        rate = float("nan")
+    _require(
+        0.0 < rate < 1.0,
+        key,
+        value,
+        "'auto' (the run's poison_rate) or a fraction in (0, 1)",
+    )
+
+
+@dataclass
+class DetectConfig:
+    """``detect``: one run directory (``run_dir``) or every completed run under ``runs_root``."""
+
+    detector: Any = MISSING
+    run_dir: str | None = None
+    runs_root: str | None = None
+    # The poison fraction the flag budget assumes: 'auto' = the run's poison_rate (an oracle
+    # budget), or a fraction in (0, 1). On a clean run 'auto' uses clean_run_rate.
+    expected_rate: Any = "auto"
+    clean_run_rate: float = 0.05
+    checkpoint: str | None = None  # default: the run's final_model.pt
+    device: Device = Device.auto
+    batch_size: int = 512
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _require(
+            (self.run_dir is None) != (self.runs_root is None),
+            "run_dir/runs_root",
+            (self.run_dir, self.runs_root),
+            "exactly one of run_dir=... (one run) or runs_root=... (every completed run under it)",
+        )
+        _expected_rate(self.expected_rate)
+        _require(
+            0.0 < self.clean_run_rate < 1.0,
+            "clean_run_rate",
+            self.clean_run_rate,
+            "a fraction in (0, 1)",
+        )
+        _require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+
+
+@dataclass
+class SanitizeRunConfig(DetectConfig):
+    """``sanitize``: detect (or reuse the detection), then retrain without the flagged stays."""
+
+    # Extra train overrides for the retrain (e.g. trainer.progress=false); the config is the run's.
+    train_overrides: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(
+            self.runs_root is None,
+            "runs_root",
+            self.runs_root,
+            "null: sanitize takes one run_dir=...",
+        )
+
+
 def register_configs() -> None:
     """Register every schema with Hydra's ConfigStore (idempotent)."""
     cs = ConfigStore.instance()
@@ -551,6 +793,11 @@ def register_configs() -> None:
     cs.store(group="schema", name="eval", node=EvalConfig)
     cs.store(group="schema", name="summarize", node=SummarizeConfig)
     cs.store(group="schema", name="report", node=ReportConfig)
+
+    cs.store(group="schema", name="detect", node=DetectConfig)
+    cs.store(group="schema", name="sanitize", node=SanitizeRunConfig)
+    for name, node in DETECTOR_SCHEMAS.items():
+        cs.store(group="schema/detector", name=name, node=node)
     for group, name, node in [
         ("schema/data", "synthetic", SyntheticDataConfig),
         ("schema/data", "physionet2012", PhysioNet2012DataConfig),

@@ -225,30 +225,30 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def main(cfg: DictConfig) -> None:
+    logging.getLogger("backdoor_study").setLevel(logging.WARNING)
+    out = run(cfg)
+    shown = out["table"][[c for c in COLUMNS if c in out["table"]]]
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(shown.round(3).to_string(index=False))
+    t = out["timings"]
+    print(
+        f"\n{out['n_train']} train runs ({t['train_s']:.0f} s), {out['n_detect']} detections "
+        f"({t['detect_s']:.0f} s), {out['n_sanitize']} sanitized retrains with "
+        f"{out['best_detector'] or '-'} ({t['sanitize_s']:.0f} s), report ({t['report_s']:.0f} s): "
+        f"{t['total_s']:.0f} s in all"
+    )
+    print(f"report: {Path(out['report']).resolve()}")
+    if out["mlflow_ui"]:
+        print(f"browse the tracked runs: {out['mlflow_ui']}")
+    else:
+        print("runs were not tracked in MLflow (no tracking option in this build)")
+
+
 def _main() -> None:
-    import hydra
+    from backdoor_study.cli import hydra_entry
 
-    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="demo")
-    def main(cfg: DictConfig) -> None:
-        logging.getLogger("backdoor_study").setLevel(logging.WARNING)
-        out = run(cfg)
-        shown = out["table"][[c for c in COLUMNS if c in out["table"]]]
-        with pd.option_context("display.width", 200, "display.max_columns", 20):
-            print(shown.round(3).to_string(index=False))
-        t = out["timings"]
-        print(
-            f"\n{out['n_train']} train runs ({t['train_s']:.0f} s), {out['n_detect']} detections "
-            f"({t['detect_s']:.0f} s), {out['n_sanitize']} sanitized retrains with "
-            f"{out['best_detector'] or '-'} ({t['sanitize_s']:.0f} s), report ({t['report_s']:.0f} s): "
-            f"{t['total_s']:.0f} s in all"
-        )
-        print(f"report: {Path(out['report']).resolve()}")
-        if out["mlflow_ui"]:
-            print(f"browse the tracked runs: {out['mlflow_ui']}")
-        else:
-            print("runs were not tracked in MLflow (no tracking option in this build)")
-
-    main()
+    hydra_entry("demo", main)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ enough to rebuild exactly the data a model saw, poisoned samples included.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,7 @@ from backdoor_study.data.preprocess import Batch, Preprocessor
 from backdoor_study.data.schema import ClinicalDataset, DataValidationError
 from backdoor_study.data.splits import Splits, make_splits
 from backdoor_study.models.base import InputSpec
+from backdoor_study.utils import sha256_indices
 
 
 @dataclass
@@ -71,6 +74,10 @@ def prepare(cfg: DictConfig, expected_digest: str | None = None) -> Prepared:
         source=cfg.poison.source,
         seed=int(cfg.seed),
     )
+    excluded = excluded_positions(cfg, int(splits.train.size))
+    if excluded is not None:  # a sanitized retrain: the flagged stays leave the training split
+        poison = poison.without(excluded, int(splits.train.size))
+        splits = dataclasses.replace(splits, train=np.delete(splits.train, excluded))
     t2 = time.perf_counter()
     poisoned = poison.dataset
     pre = Preprocessor().fit(poisoned, splits.train)
@@ -102,3 +109,38 @@ def prepare(cfg: DictConfig, expected_digest: str | None = None) -> Prepared:
         triggered_mask=triggered_mask,
         timings={"load_data_s": t1 - t0, "poison_s": t2 - t1, "preprocess_s": t3 - t2},
     )
+
+
+def excluded_positions(cfg: DictConfig, n_train: int) -> np.ndarray | None:
+    """The training positions a sanitized retrain leaves out (``cfg.sanitize``), or None.
+
+    Read from ``sanitize.exclude_file`` and checked against ``sanitize.exclude_digest``: a changed
+    or foreign file is refused, never trained on.
+    """
+    san = cfg.get("sanitize")
+    if san is None:
+        return None
+    path = Path(str(san.exclude_file))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"sanitize.exclude_file={str(path)!r}: no such file (it holds the flagged training "
+            "positions of the detection this sanitized run was made from; re-run sanitize)"
+        )
+    excluded = np.load(path, allow_pickle=False)
+    if sha256_indices(excluded) != str(san.exclude_digest):
+        raise DataValidationError(
+            f"sanitize.exclude_file={str(path)!r} changed since the sanitized run was configured "
+            f"(digest {sha256_indices(excluded)[:12]}... vs sanitize.exclude_digest="
+            f"{str(san.exclude_digest)[:12]}...)"
+        )
+    excluded = excluded.astype(np.int64)
+    if excluded.ndim != 1 or (excluded.size and (excluded.min() < 0 or excluded.max() >= n_train)):
+        raise DataValidationError(
+            f"sanitize.exclude_file={str(path)!r} holds positions outside the training split "
+            f"[0, {n_train})"
+        )
+    if np.any(np.diff(excluded) <= 0):
+        raise DataValidationError(
+            f"sanitize.exclude_file={str(path)!r}: positions must be sorted and unique"
+        )
+    return excluded

@@ -10,26 +10,63 @@ A run directory is self-contained: later stages (eval, detectors, reports) read 
 - ``predictions.parquet``, ``experiment_summary.csv`` and, last, ``metrics.json``
 
 ``metrics.json`` is written last and atomically: its presence marks a completed run.
+
+Also owned here: :func:`lock` (one process at a time per run directory, for the whole
+check-train-write span of ``train`` and for ``eval``/``detect``/``sanitize``), :func:`load_run` (the
+one way to load a finished run: config -> data as trained on -> model) and reading
+``run_metadata.json`` with an error that says what to do when it is damaged.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
 import platform
 import shutil
+import socket
 import subprocess
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from backdoor_study.training.checkpoint import list_checkpoints
-from backdoor_study.utils import read_json
+from backdoor_study.utils import read_json, sha256_file
+
+if TYPE_CHECKING:
+    from backdoor_study.experiment import Prepared
+    from backdoor_study.models.base import ClinicalModel
+
+log = logging.getLogger("backdoor_study.rundir")
 
 METRICS_FILE = "metrics.json"
 METADATA_FILE = "run_metadata.json"
 RESOLVED_CONFIG_FILE = "config_resolved.yaml"
+FINAL_MODEL_FILE = "final_model.pt"
+POISONED_INDICES_FILE = "poisoned_indices.npy"
+# Files whose sha256 run_metadata.json records at the end of training ("files") and eval checks.
+RECORDED_FILES = (
+    FINAL_MODEL_FILE,
+    "predictions.parquet",
+    POISONED_INDICES_FILE,
+    "splits.json",
+    "history.csv",
+    RESOLVED_CONFIG_FILE,
+    "poison.json",
+    "preprocessing.json",
+)
+# Written by atomic_write_bytes as ``.{name}.{random}.tmp``; one left behind is a killed write.
+TMP_GLOB = ".*.tmp"
 # Keys that do not change what a run computes: excluded from the config identity.
 NON_IDENTITY_KEYS = (
     "resume",
@@ -65,6 +102,8 @@ def config_identity(cfg: DictConfig) -> dict[str, Any]:
     container.pop("hydra", None)
     for key in NON_IDENTITY_KEYS:
         container.pop(key, None)
+    if container.get("sanitize", "<absent>") is None:  # not a sanitized retrain: digest as before
+        container.pop("sanitize")
     for key in NON_IDENTITY_TRAINER_KEYS:
         container.get("trainer", {}).pop(key, None)
     return container
@@ -84,9 +123,26 @@ class RunState:
         return self.complete or bool(self.checkpoints) or self.recorded_digest is not None
 
 
+def read_metadata(run_dir: Path) -> dict[str, Any]:
+    """``run_metadata.json`` of ``run_dir``; RunDirError naming the file when absent or damaged."""
+    path = Path(run_dir) / METADATA_FILE
+    if not path.is_file():
+        raise RunDirError(f"{path} is missing: {run_dir} is not a complete run directory")
+    try:
+        meta = read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunDirError(
+            f"{path} is empty or corrupt ({type(e).__name__}: {e}); the run cannot be identified "
+            "from it: move the directory aside and train again, or pass overwrite=true to replace it"
+        ) from None
+    if not isinstance(meta, dict):
+        raise RunDirError(f"{path} holds a {type(meta).__name__}, expected a JSON object")
+    return meta
+
+
 def inspect(run_dir: Path) -> RunState:
     meta_path = run_dir / METADATA_FILE
-    recorded = read_json(meta_path).get("config_digest") if meta_path.exists() else None
+    recorded = read_metadata(run_dir).get("config_digest") if meta_path.exists() else None
     return RunState(
         exists=run_dir.exists(),
         complete=(run_dir / METRICS_FILE).exists(),
@@ -109,7 +165,91 @@ def differing_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> li
 
 def recorded_identity(run_dir: Path) -> dict[str, Any]:
     meta_path = run_dir / METADATA_FILE
-    return read_json(meta_path).get("config_identity", {}) if meta_path.exists() else {}
+    return read_metadata(run_dir).get("config_identity", {}) if meta_path.exists() else {}
+
+
+def remove_stale_tmp(run_dir: Path) -> list[Path]:
+    """Delete temp files a killed atomic write left in ``run_dir``; call only under :func:`lock`
+    (a live writer's temp file looks the same)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    stale = [p for p in run_dir.glob(TMP_GLOB) if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d temp file(s) left by an interrupted write in %s", len(stale), run_dir)
+    return stale
+
+
+def file_digests(run_dir: Path) -> dict[str, str]:
+    """sha256 of each of :data:`RECORDED_FILES` in ``run_dir`` (all must exist)."""
+    return {name: sha256_file(Path(run_dir) / name) for name in RECORDED_FILES}
+
+
+# --------------------------------------------------------------------------------------- locking
+def lock_path(run_dir: Path) -> Path:
+    """The lock file of ``run_dir``: beside it, not inside, so taking the lock never creates the
+    run directory, never counts as run content, and survives the run directory being swapped."""
+    run_dir = Path(run_dir)
+    return run_dir.parent / f".{run_dir.name}.lock"
+
+
+def lock_holder(run_dir: Path) -> dict[str, Any]:
+    """What the current holder of ``run_dir``'s lock wrote about itself ({} when unknown)."""
+    try:
+        text = lock_path(run_dir).read_text()
+        return json.loads(text) if text.strip() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+@contextlib.contextmanager
+def lock(
+    run_dir: Path, *, config_digest: str | None = None, purpose: str = "run"
+) -> Iterator[Path]:
+    """Hold an exclusive OS lock (``fcntl.flock``) on ``run_dir`` for the ``with`` block.
+
+    One process at a time checks, trains and writes a run directory. A second process waits;
+    when the holder recorded a different ``config_digest`` than ours, it is refused at once
+    (RunDirError naming the holder), because it would be refused after the wait anyway. The OS
+    releases the lock when its process dies, so a killed run never blocks the next one. The lock
+    is per open file: taking it twice in one process also waits, so do not nest it on one dir.
+    """
+    path = lock_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            holder = lock_holder(run_dir)
+            theirs = holder.get("config_digest")
+            if config_digest is not None and theirs is not None and theirs != config_digest:
+                raise RunDirError(
+                    f"{run_dir} is being written by another process (pid {holder.get('pid')} on "
+                    f"{holder.get('host')}, {holder.get('purpose')}) with a different config "
+                    f"(digest {theirs[:12]} vs {config_digest[:12]}); choose another run_dir"
+                ) from None
+            log.info("%s is locked by pid %s: waiting for it", run_dir, holder.get("pid"))
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "purpose": purpose,
+            "config_digest": config_digest,
+            "since": time.time(),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        try:
+            yield path
+        finally:
+            os.ftruncate(fd, 0)  # a stale holder must not be read by the next waiter
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def clear_for_overwrite(run_dir: Path) -> None:
@@ -161,3 +301,130 @@ def environment() -> dict[str, Any]:
         "packages": versions,
         "git": git_commit(),
     }
+
+
+# --------------------------------------------------------------------------------------- loading
+@dataclass
+class LoadedRun:
+    """A finished run, loaded back from its directory alone (see :func:`load_run`).
+
+    ``prepared`` holds the data exactly as the model was trained and evaluated on (poisoned
+    training samples included); ``poisoned_indices`` are positions into the training split
+    (``prepared.splits.train``), as recorded in ``poisoned_indices.npy`` and checked against the
+    rebuilt poisoning. ``model`` is in eval mode on ``device``.
+    """
+
+    run_dir: Path
+    cfg: DictConfig
+    metadata: dict[str, Any]
+    metrics: dict[str, Any]
+    prepared: Prepared
+    model: ClinicalModel
+    device: torch.device
+    poisoned_indices: np.ndarray
+    checkpoint: Path
+    checkpoint_state: dict[str, Any]
+
+
+def load_run_config(run_dir: Path) -> DictConfig:
+    """The fully resolved config a run recorded."""
+    path = Path(run_dir) / RESOLVED_CONFIG_FILE
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} is not a run directory: no {RESOLVED_CONFIG_FILE}")
+    return OmegaConf.load(path)
+
+
+def check_finished(run_dir: Path) -> None:
+    """RunDirError unless ``run_dir`` holds a finished run (checked before taking its lock, so a
+    mistyped path creates nothing)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"run_dir={str(run_dir)!r} does not exist or is not a directory")
+    if not (run_dir / RESOLVED_CONFIG_FILE).is_file():
+        raise RunDirError(f"{run_dir} is not a run directory: no {RESOLVED_CONFIG_FILE}")
+    if not (run_dir / METRICS_FILE).is_file():
+        raise RunDirError(
+            f"{run_dir} holds an unfinished run (no {METRICS_FILE}); finish it with "
+            "`python -m backdoor_study.train ... resume=auto` first"
+        )
+
+
+def load_run(
+    run_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto"
+) -> LoadedRun:
+    """Load a finished run: its config, its data rebuilt and checked against the recorded digests,
+    and its model from ``final_model.pt`` (or ``checkpoint``), read with ``weights_only=True``.
+
+    RunDirError for a missing directory, a directory that is not a run, an unfinished run, or a
+    rebuilt split / poisoning that differs from the recorded one; DataValidationError when the
+    data changed; CheckpointError for an unusable weights file.
+    """
+    from backdoor_study.experiment import prepare
+    from backdoor_study.models.base import build_model
+    from backdoor_study.training import (
+        CheckpointError,
+        load_checkpoint,
+        resolve_device,
+        seed_everything,
+    )
+
+    run_dir = Path(run_dir)
+    check_finished(run_dir)
+    cfg = load_run_config(run_dir)
+    metadata = read_metadata(run_dir)
+    metrics = read_json(run_dir / METRICS_FILE)
+    seed_everything(int(cfg.seed))
+    prepared = prepare(cfg, expected_digest=metadata["data"]["digest"])
+    if prepared.splits.digest(prepared.dataset) != metadata["split_digest"]:
+        raise RunDirError(
+            f"{run_dir}: the splits rebuilt from the config differ from the recorded ones"
+        )
+    poisoned = _recorded_poisoned_indices(run_dir)
+    rebuilt = np.asarray(prepared.poison.poisoned_indices, dtype=np.int64)
+    if not np.array_equal(poisoned, rebuilt):
+        raise RunDirError(
+            f"{run_dir / POISONED_INDICES_FILE} ({poisoned.size} indices) differs from the poisoning "
+            f"rebuilt from the run's config ({rebuilt.size} indices): the file was edited or the "
+            "poisoning code changed since the run"
+        )
+
+    ckpt_path = Path(checkpoint) if checkpoint else run_dir / FINAL_MODEL_FILE
+    state = load_checkpoint(ckpt_path)
+    written_by = state.get("config_digest", state.get("metadata", {}).get("config_digest"))
+    if written_by is not None and written_by != metadata.get("config_digest"):
+        raise RunDirError(
+            f"{ckpt_path} was written by another config (digest {str(written_by)[:12]}, the run "
+            f"records {str(metadata.get('config_digest'))[:12]}); pass a checkpoint of this run"
+        )
+    model = build_model(cfg.model, prepared.spec)
+    try:
+        model.load_state_dict(state["model_state"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(ckpt_path, f"its weights do not fit this run's model: {first}") from e
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    return LoadedRun(
+        run_dir=run_dir,
+        cfg=cfg,
+        metadata=metadata,
+        metrics=metrics,
+        prepared=prepared,
+        model=model,
+        device=dev,
+        poisoned_indices=poisoned,
+        checkpoint=ckpt_path,
+        checkpoint_state=state,
+    )
+
+
+def _recorded_poisoned_indices(run_dir: Path) -> np.ndarray:
+    path = run_dir / POISONED_INDICES_FILE
+    if not path.is_file():
+        raise RunDirError(f"{path} is missing; the run directory is incomplete")
+    try:
+        return np.load(path, allow_pickle=False).astype(np.int64)
+    except (ValueError, OSError, EOFError) as e:
+        raise RunDirError(
+            f"{path} is not a readable .npy file ({e}); the run directory is damaged"
+        ) from None

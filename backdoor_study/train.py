@@ -15,7 +15,6 @@ import csv
 import io
 import logging
 import logging.handlers
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -28,15 +27,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from backdoor_study import rundir
-from backdoor_study.config import CONF_DIR, validate
+from backdoor_study.config import validate
+from backdoor_study.evaluation import evaluate
 from backdoor_study.experiment import Prepared, prepare
-from backdoor_study.metrics import attack_metrics, classification_metrics, predict, select_threshold
 from backdoor_study.models.base import ClinicalModel, build_model
 from backdoor_study.training import (
     Trainer,
     class_weights_balanced,
     load_checkpoint,
-    predict_proba,
     resolve_device,
     seed_everything,
     write_plain_state,
@@ -51,7 +49,8 @@ from backdoor_study.utils import (
 
 log = logging.getLogger("backdoor_study.train")
 
-FINAL_MODEL_FILE = "final_model.pt"
+FINAL_MODEL_FILE = rundir.FINAL_MODEL_FILE
+__all__ = ["FINAL_MODEL_FILE", "clean_reference_config", "evaluate", "run", "summary_row"]
 SUMMARY_KEYS = (
     "model",
     "trigger",
@@ -68,20 +67,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train per ``cfg`` into ``cfg.run_dir`` and return the metrics (also written to metrics.json).
 
     A completed run with the same config is skipped (its metrics are returned); a run directory
-    holding a different config is refused unless ``overwrite=true``.
+    holding a different config is refused unless ``overwrite=true``. The whole check-train-write
+    span holds the run directory's lock: a second process with the same config waits, then skips;
+    one with a different config is refused.
     """
     validate(cfg)
     run_dir = Path(cfg.run_dir)
     identity = rundir.config_identity(cfg)
     digest = sha256_json(identity)
-    resume_from = _check_run_dir(cfg, run_dir, digest, identity)
-    if resume_from == "skip":
-        log.info("run %s already complete with this config: skipped", run_dir)
-        metrics = read_json(run_dir / rundir.METRICS_FILE)
-        return {**metrics, "skipped": True}
+    with rundir.lock(run_dir, config_digest=digest, purpose="train"):
+        rundir.remove_stale_tmp(run_dir)
+        resume_from = _check_run_dir(cfg, run_dir, digest, identity)
+        if resume_from == "skip":
+            log.info("run %s already complete with this config: skipped", run_dir)
+            metrics = read_json(run_dir / rundir.METRICS_FILE)
+            return {**metrics, "skipped": True}
 
-    with _RunLog() as run_log:
-        return _train(cfg, run_dir, digest, identity, resume_from, run_log)
+        with _RunLog() as run_log:
+            return _train(cfg, run_dir, digest, identity, resume_from, run_log)
 
 
 def _train(
@@ -146,7 +149,7 @@ def _train(
             "n_test": int(prepared.splits.test.size),
         }
     )
-    if _wants_clean_reference(cfg):
+    if wants_clean_reference(cfg):
         metrics.update(_clean_reference_asr(cfg))
     eval_s = time.perf_counter() - t_eval
 
@@ -162,6 +165,7 @@ def _train(
     )
     metadata["status"] = "complete"
     metadata["best_epoch"] = fit.best_epoch
+    metadata["files"] = rundir.file_digests(run_dir)  # eval checks each
     write_json(run_dir / rundir.METADATA_FILE, metadata)
     _write_summary(run_dir / "experiment_summary.csv", cfg, metrics, prepared)
     write_json(run_dir / rundir.METRICS_FILE, metrics)  # last: marks the run complete
@@ -200,72 +204,6 @@ class _RunLog:
             if handler is not None:
                 root.removeHandler(handler)
                 handler.close()
-
-
-# --------------------------------------------------------------------------------------- evaluation
-def evaluate(
-    cfg: DictConfig, model: ClinicalModel, prepared: Prepared, device: torch.device
-) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Every metric of ``model`` on the run's test split (clean, and poisoned when there is a
-    trigger), plus the per-stay predictions. ``train`` and ``eval`` both call this."""
-    bs = int(cfg.trainer.batch_size)
-    mcfg = cfg.metrics
-    proba_val = predict_proba(model, prepared.batches["val"], batch_size=bs, device=device)
-    threshold = select_threshold(
-        prepared.labels["val"].numpy(), proba_val, str(mcfg.get("threshold", "youden"))
-    )
-    cut = 0.5 if math.isnan(threshold) else threshold  # multi-class: NaN, predictions use argmax
-    y = prepared.labels["test"].numpy()
-    proba = predict_proba(model, prepared.batches["test"], batch_size=bs, device=device)
-    metrics: dict[str, Any] = {"decision_threshold": threshold}
-    metrics |= classification_metrics(
-        y,
-        proba,
-        suffix="clean",
-        bootstrap=int(mcfg.bootstrap),
-        ci=float(mcfg.ci),
-        ece_bins=int(mcfg.ece_bins),
-        seed=int(cfg.seed),
-        threshold=cut,
-    )
-    test_ids = prepared.dataset.stay_id[prepared.splits.test]
-    frame = {
-        "stay_id": test_ids,
-        "y_true": y,
-        "pred": predict(proba, cut),
-    }
-    for c in range(proba.shape[1]):
-        frame[f"prob_{c}"] = proba[:, c]
-    if prepared.has_trigger:
-        proba_t = predict_proba(model, prepared.test_poisoned, batch_size=bs, device=device)
-        metrics.update(
-            attack_metrics(
-                y,
-                proba,
-                proba_t,
-                prepared.triggered_mask,
-                target_label=int(cfg.trigger.target_label),
-                ece_bins=int(mcfg.ece_bins),
-                threshold=cut,
-            )
-        )
-        frame["triggered"] = prepared.triggered_mask
-        for c in range(proba_t.shape[1]):
-            frame[f"prob_triggered_{c}"] = proba_t[:, c]
-    return _plain(metrics), pd.DataFrame(frame)
-
-
-def _plain(obj: Any) -> Any:
-    """Metrics as plain JSON values (NaN kept as float('nan'))."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return obj
 
 
 # --------------------------------------------------------------------------------------- run dir
@@ -448,7 +386,7 @@ def _write_summary(
 
 
 # --------------------------------------------------------------------------------------- clean reference
-def _wants_clean_reference(cfg: DictConfig) -> bool:
+def wants_clean_reference(cfg: DictConfig) -> bool:
     return (
         bool(cfg.clean_reference)
         and cfg.attack.name == "backdoor"
@@ -486,29 +424,28 @@ def _clean_reference_asr(cfg: DictConfig) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------- CLI
+def main(cfg: DictConfig) -> None:
+    metrics = run(cfg)
+    keys = [
+        "auroc_clean",
+        "auprc_clean",
+        "acc_clean",
+        "ASR_flip",
+        "ASR",
+        "ASR_baseline",
+        "ASR_clean_model",
+        "ASR_flip_clean_model",
+        "confidence_shift",
+    ]
+    shown = {k: round(metrics[k], 4) for k in keys if isinstance(metrics.get(k), float)}
+    status = "skipped (already complete)" if metrics.get("skipped") else "done"
+    print(f"{status}: {cfg.run_dir} {shown}")
+
+
 def _main() -> None:
-    import hydra
+    from backdoor_study.cli import hydra_entry
 
-    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-    def main(cfg: DictConfig) -> None:
-        metrics = run(cfg)
-        keys = [
-            "auroc_clean",
-            "auprc_clean",
-            "acc_clean",
-            "ASR_flip",
-            "ASR",
-            "ASR_baseline",
-            "ASR_clean_model",
-            "ASR_flip_clean_model",
-            "confidence_shift",
-        ]
-        shown = {k: round(metrics[k], 4) for k in keys if isinstance(metrics.get(k), float)}
-        print(
-            f"{'skipped (already complete)' if metrics.get('skipped') else 'done'}: {cfg.run_dir} {shown}"
-        )
-
-    main()
+    hydra_entry("train", main)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,14 @@ def sha256_json(obj: Any) -> str:
     ).hexdigest()
 
 
+def sha256_indices(indices: np.ndarray) -> str:
+    """sha256 of an index array as little-endian int64: the identity of a set of positions."""
+    return hashlib.sha256(np.ascontiguousarray(indices, dtype="<i8").tobytes()).hexdigest()
+
+
 def _json_default(o: Any) -> Any:
+    if isinstance(o, np.bool_):
+        return bool(o)
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.floating):

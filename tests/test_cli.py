@@ -12,8 +12,12 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 
-def cli(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "HYDRA_FULL_ERROR": "0"}
+def cli(*args: str, cwd: Path = REPO_ROOT, debug: bool = False) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "HYDRA_FULL_ERROR": "1" if debug else "0",
+    }
     return subprocess.run(
         [sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
@@ -97,3 +101,16 @@ def test_multirun_sweep_writes_one_run_directory_per_cell(tmp_path):
         "tabtransformer/none/0.0/seed_1",
         "tabtransformer/none/0.0/seed_2",
     ]
+
+
+def test_runtime_errors_are_one_line_and_the_traceback_is_opt_in(tmp_path):
+    out = cli("backdoor_study.eval", f"run_dir={tmp_path / 'nope'}")
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert lines == [
+        f"backdoor_study.eval: error: RunDirError: run_dir='{tmp_path / 'nope'}' does not exist or is not a directory"
+    ]
+    assert "Error executing job" not in out.stdout + out.stderr
+    assert not any(tmp_path.iterdir())  # a mistyped run_dir creates nothing
+    env_debug = cli("backdoor_study.eval", f"run_dir={tmp_path / 'nope'}", debug=True)
+    assert env_debug.returncode == 1 and "Traceback" in env_debug.stderr

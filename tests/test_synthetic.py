@@ -14,11 +14,10 @@ import backdoor_study.data.synthetic as synthetic
 from backdoor_study.config import SyntheticDataConfig
 from backdoor_study.data import load_dataset
 from backdoor_study.data.schema import read_parquet
-from backdoor_study.data.summaries import per_variable_summaries
+from backdoor_study.data.summaries import observation_stats, per_variable_summaries
 from backdoor_study.data.synthetic import (
-    LABS,
-    VITALS,
     SyntheticLayoutError,
+    calibration,
     dev_indices,
     generate_cohort,
     rebuild_dev_subset,
@@ -49,7 +48,23 @@ def test_same_seed_same_digest_other_seed_differs():
 def test_n_steps_is_respected():
     ds = generate_cohort(200, n_steps=6, seed=1)
     assert ds.x.shape == (200, 6, len(synthetic.VARIABLES))
-    assert ds.mask[:, :, : len(VITALS)].mean() > 0.8
+    hr = calibration()["variables"]["HR"]["observation_rate"]
+    assert abs(ds.mask[:, :, ds.variables.index("HR")].mean() - hr) < 0.05
+
+
+def test_generator_reads_only_its_calibration_file(monkeypatch):
+    """The committed statistics are all it knows of set A: no real data is read at run time."""
+    import backdoor_study.data.physionet2012 as physionet
+
+    def no_real_data(*args, **kwargs):
+        raise AssertionError("the generator read PhysioNet data")
+
+    for name in ("load_set", "parse_set", "read_tar_members"):
+        monkeypatch.setattr(physionet, name, no_real_data)
+    assert generate_cohort(100, seed=5).digest() == generate_cohort(100, seed=5).digest()
+    cal = calibration()
+    assert "set A" in cal["source"] and all("-b" not in f for f in cal["files"])
+    assert 0.12 <= cal["mortality"] <= 0.15
 
 
 # ---------------------------------------------------------------------------- realism
@@ -95,15 +110,49 @@ def test_values_inside_plausible_ranges_and_mask_consistent(cohort):
     assert ((dia[seen] <= map_[seen]) & (map_[seen] <= sys_[seen])).all()
 
 
-def test_sampling_rates_vitals_hourly_labs_sparse(cohort):
-    rate = cohort.mask.mean(axis=(0, 1))
-    for name in VITALS:
-        assert 0.8 <= rate[cohort.variables.index(name)] < 1.0, name  # near hourly, some gaps
-    for name in LABS:
-        assert 0.0 < rate[cohort.variables.index(name)] <= 0.25, name  # every 6-24 h
-    # sicker stays get more labs: lab frequency is informative, as in real ICU data
+def _stats(ds, name):
+    return observation_stats(ds.mask[:, :, ds.variables.index(name)], ds.y)
+
+
+def test_observation_rates_and_never_observed_match_set_a(cohort):
+    for name, target in calibration()["variables"].items():
+        got = _stats(cohort, name)
+        assert abs(got["observation_rate"] - target["observation_rate"]) < 0.02, name
+        assert abs(got["never_observed"] - target["never_observed"]) < 0.03, name
+    # the sparse ones the old generator charted nearly hourly
+    assert _stats(cohort, "SaO2")["observation_rate"] < 0.1
+    assert _stats(cohort, "RespRate")["never_observed"] > 0.6
+    assert 0.3 < _stats(cohort, "Lactate")["never_observed"] < 0.6
+
+
+def test_missingness_is_informative_like_set_a(cohort):
+    """Sicker patients get more labs: where set A's death/survivor observation ratio is >= 1.15,
+    the synthetic one is at least halfway there, and it is not an artefact of the label."""
+    strong = {
+        name: t["death_survivor_ratio"]
+        for name, t in calibration()["variables"].items()
+        if t["death_survivor_ratio"] >= 1.15
+    }
+    assert {"Lactate", "Creatinine", "Na"} <= set(strong)
+    for name, target in strong.items():
+        assert _stats(cohort, name)["death_survivor_ratio"] >= 1 + (target - 1) / 2, name
+    assert _stats(cohort, "HR")["death_survivor_ratio"] < 1.1  # monitored hourly for everyone
     creat = cohort.mask[:, :, cohort.variables.index("Creatinine")].sum(axis=1)
-    assert creat[cohort.y == 1].mean() > creat[cohort.y == 0].mean()
+    assert creat[cohort.y == 1].mean() > 1.1 * creat[cohort.y == 0].mean()
+
+
+def test_value_quantiles_and_tails_match_set_a(cohort):
+    cal = calibration()
+    levels = cal["quantile_levels"]
+    at = [levels.index(q) for q in (0.01, 0.5, 0.99)]
+    for j, name in enumerate(cohort.variables):
+        target = np.asarray(cal["variables"][name]["quantiles"])[at]
+        got = np.quantile(cohort.x[:, :, j][cohort.mask[:, :, j]], (0.01, 0.5, 0.99))
+        spread = (got[2] - got[0]) / (target[2] - target[0])
+        assert 0.8 <= spread <= 1.2, (name, got, target)
+        assert abs(got[1] - target[1]) <= 0.1 * (target[2] - target[0]), (name, got, target)
+    lactate = cohort.x[:, :, cohort.variables.index("Lactate")]
+    assert np.nanquantile(lactate, 0.99) > 10.0  # the tail the old generator lacked (4.7)
 
 
 # ---------------------------------------------------------------------------- learnability
@@ -209,6 +258,20 @@ def test_missing_file_is_rebuilt_and_modified_file_is_refused(tmp_path):
         load_dataset(_cfg(tmp_path, subset="full"))
 
 
+def test_layout_from_an_older_generator_is_refused_not_reused(tmp_path):
+    load_dataset(_cfg(tmp_path))
+    manifest = read_json(tmp_path / "manifest.json")
+    manifest["params"]["generator_version"] = synthetic.GENERATOR_VERSION - 1
+    synthetic.write_json(tmp_path / "manifest.json", manifest)
+    with pytest.raises(SyntheticLayoutError, match="generator version") as err:
+        load_dataset(_cfg(tmp_path))
+    assert f"Delete {tmp_path} to regenerate" in str(err.value)
+    del manifest["params"]["generator_version"]  # a manifest from before versions were recorded
+    synthetic.write_json(tmp_path / "manifest.json", manifest)
+    with pytest.raises(SyntheticLayoutError, match="generator version None"):
+        load_dataset(_cfg(tmp_path))
+
+
 def test_files_without_manifest_from_other_parameters_are_refused(tmp_path):
     synthetic.write_parquet(generate_cohort(600, seed=99), tmp_path / "main.parquet")
     with pytest.raises(SyntheticLayoutError, match="does not hold the requested"):
@@ -231,3 +294,16 @@ def test_sample_dev_script_rebuilds_the_dev_subset(tmp_path):
     # rebuilding with the recorded size is a no-op on the content
     before = manifest["digests"]
     assert rebuild_dev_subset(tmp_path)["digests"] == before
+
+
+# ---------------------------------------------------------------------------- calibration
+@pytest.mark.physionet
+def test_calibration_file_is_what_the_script_derives_from_set_a(physionet_root, tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "calibrate_synthetic", REPO_ROOT / "scripts" / "calibrate_synthetic.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "calibration.json"
+    script.main(["--root", str(physionet_root), "--cache-dir", "", "--out", str(out)])
+    assert read_json(out) == read_json(synthetic.CALIBRATION_FILE)

@@ -36,3 +36,18 @@ def per_variable_summaries(x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray,
     stacked = np.stack([last, mean, vmin, vmax, std, frac], axis=2).reshape(n, f * len(SUMMARY_NAMES))
     names = [f"{j}:{s}" for j in range(f) for s in SUMMARY_NAMES]
     return stacked.astype(np.float32), names
+
+
+def observation_stats(mask: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """How one variable is sampled: the realism figures the synthetic cohort is calibrated on.
+
+    ``mask`` (N, T) bool, ``y`` (N,) 0/1. Returns the observation rate (fraction of cells
+    observed), the never-observed fraction (stays without a single observation) and the
+    death/survivor ratio of observation rates (above 1 when sicker patients are measured more).
+    """
+    died = y == 1
+    return {
+        "observation_rate": float(mask.mean()),
+        "never_observed": float((~mask.any(axis=1)).mean()),
+        "death_survivor_ratio": float(mask[died].mean() / max(float(mask[~died].mean()), 1e-12)),
+    }

@@ -19,6 +19,7 @@ or over the fixed list of variables.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ from backdoor_study.utils import read_json, write_json
 
 # Bump when a change to the generator changes its output for the same parameters: a layout on
 # disk written by another version is then refused instead of being read as if it were current.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 VITALS = ("HR", "SysABP", "DiasABP", "MAP", "RespRate", "Temp", "SaO2", "GCS", "Urine")
 LABS = (
@@ -141,22 +142,46 @@ _CHART_LIMITS: dict[str, tuple[float, float]] = {
     "SaO2": (60.0, 100.0),
 }
 
-# Vitals: chance an hour goes uncharted for that variable (on top of hours off the unit).
-_VITAL_MISS = {
-    "HR": 0.02,
-    "SysABP": 0.06,
-    "RespRate": 0.04,
-    "Temp": 0.10,
-    "SaO2": 0.04,
-    "GCS": 0.12,
-    "Urine": 0.08,
-}
-# Labs are drawn in panels; a panel's interval between draws depends on how sick the stay is.
-_PANELS: dict[str, tuple[str, ...]] = {
+# Variables measured together share their random draws, so their observation masks nest: a
+# chemistry panel is resulted together, the arterial line gives SysABP, DiasABP and MAP in one
+# reading (those two reuse SysABP's mask), nursing charts vitals in the same rounds. How often each
+# variable is observed comes from the calibration file, not from here.
+_MEASURED_TOGETHER: dict[str, tuple[str, ...]] = {
+    "monitor": ("HR", "Urine", "Temp", "GCS", "RespRate"),
+    "arterial_line": ("SysABP",),
+    "blood_gas": ("pH", "Lactate", "SaO2"),
     "chemistry": ("Na", "K", "HCO3", "BUN", "Creatinine", "Glucose"),
     "blood_count": ("WBC", "Platelets", "HCT"),
-    "blood_gas": ("pH", "Lactate"),
 }
+_SAME_READING = {"DiasABP": "SysABP", "MAP": "SysABP"}
+# How much an hour's own severity (beyond the stay's average) adds to the chance of a
+# measurement, relative to the stay's average: labs cluster in the hours the patient is worse.
+_HOURLY_WORKUP = 0.5
+# The quantiles that map the generated marginals onto set A's are taken from at most this many
+# stays (the stays are in random order): enough for the 0.05 % tails, and fast at 100,000 stays.
+_QUANTILE_STAYS = 20_000
+
+CALIBRATION_FILE = Path(__file__).with_name("synthetic_calibration.json")
+_CALIBRATION_KEYS = ("observation_rate", "never_observed", "death_survivor_ratio", "quantiles")
+
+
+@functools.lru_cache(maxsize=1)
+def calibration() -> dict[str, Any]:
+    """The per-variable targets derived from PhysioNet 2012 set A by scripts/calibrate_synthetic.py.
+
+    The only thing the generator knows about the real data; it never reads the data itself.
+    """
+    cal = read_json(CALIBRATION_FILE)
+    levels = cal.get("quantile_levels", [])
+    for name in VARIABLES:
+        entry = cal.get("variables", {}).get(name)
+        lacking = [k for k in _CALIBRATION_KEYS if entry is None or k not in entry]
+        if lacking or len(entry["quantiles"]) != len(levels):
+            raise DataValidationError(
+                f"{CALIBRATION_FILE}: variable {name!r} lacks {lacking or 'one quantile per level'}; "
+                f"regenerate it with scripts/calibrate_synthetic.py"
+            )
+    return cal
 
 
 # ---------------------------------------------------------------------------- generator
@@ -186,7 +211,6 @@ class _Latent:
     tachy: np.ndarray
     sedation: np.ndarray
     daytime: np.ndarray  # circadian rhythm, sin of the hour of day (peaks mid-afternoon)
-    acuity: np.ndarray  # (N,) how sick the stay looks to the clinicians ordering labs
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -312,7 +336,6 @@ def _draw_latent(rng: np.random.Generator, st: _Stays, t: int) -> _Latent:
     sedation = _markov_episodes(rng, np.broadcast_to(sedation_rate[:, None], (n, t)), 0.45)
     tachy = _markov_episodes(rng, np.broadcast_to(agitation_rate[:, None], (n, t)), 0.45)
     tachy &= ~sedation  # a sedated patient is not agitated
-    acuity = base + 0.5 * insult + 0.3 * rng.standard_normal(n)
     clock = (st.admit_hour[:, None] + hours) % 24.0
     return _Latent(
         severity=severity,
@@ -321,14 +344,14 @@ def _draw_latent(rng: np.random.Generator, st: _Stays, t: int) -> _Latent:
         tachy=tachy.astype(np.float32),
         sedation=sedation.astype(np.float32),
         daytime=np.sin(2.0 * np.pi * (clock - 10.0) / 24.0).astype(np.float32),
-        acuity=acuity.astype(np.float32),
     )
 
 
 def _true_values(
     rng: np.random.Generator, st: _Stays, lat: _Latent, name: str, t: int
 ) -> np.ndarray:
-    """(N, T) float32 charted value of one variable at every hour (before masking)."""
+    """(N, T) float32 latent value of one variable at every hour, before the map onto set A's
+    quantiles (:func:`_match_quantiles`), rounding and masking."""
     ph = _PHYSIOLOGY[name]
     n = st.unit.shape[0]
     # Built in place in float32: at 100,000 stays each (N, T) temporary is ~20 MB.
@@ -360,71 +383,86 @@ def _true_values(
         np.exp(z, out=z)
         z *= np.float32(-2.5)
         z += np.float32(ph.centre)
-    if name == "Urine":  # anuric hours (below ~10 mL) chart as zero; charted to 5 mL
-        z[z < 10.0] = 0.0
-        z *= np.float32(0.2)
-        np.round(z, out=z)
-        z *= np.float32(5.0)
-        return z
-    return np.round(z, ph.decimals, out=z)
+    return z
 
 
-def _vital_masks(rng: np.random.Generator, n: int, t: int) -> dict[str, np.ndarray]:
-    # Hours off the unit (imaging, theatre) blank every vital at once.
-    off_rate = rng.beta(1.5, 30.0, n).astype(np.float32)
-    present = rng.random((n, t), dtype=np.float32) >= off_rate[:, None]
-    present[:, 0] &= rng.random(n) >= 0.3  # the admission hour is often partly uncharted
-    masks = {
-        name: present & (rng.random((n, t), dtype=np.float32) >= miss)
-        for name, miss in _VITAL_MISS.items()
-    }
-    masks["DiasABP"] = masks["SysABP"]  # one arterial-line reading gives all three pressures
-    masks["MAP"] = masks["SysABP"]
+def _logistic_noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    u = rng.random(shape, dtype=np.float32)
+    with np.errstate(divide="ignore"):  # u == 0 gives -inf: never observed, as it should be
+        return np.log(u) - np.log1p(-u)
+
+
+def _observation_masks(
+    rng: np.random.Generator, lat: _Latent, death_prob: np.ndarray, cal: dict[str, Any]
+) -> dict[str, np.ndarray]:
+    """(N, T) bool observation mask per variable, calibrated to set A (see docs/data_synthetic.md).
+
+    A variable is ever measured in a stay, and then observed in an hour, when a logistic score
+    ``loading * workup + noise`` clears a threshold. ``workup`` is how sick the stay is (its mean
+    severity, z-scored) plus a share of the hour's own deviation; thresholds are the quantiles
+    that give set A's never-observed fraction and its observation rate among stays measured at
+    all. The loading, log(set A's death/survivor ratio) / (how far the expected deaths sit above
+    the survivors on ``workup``), makes missingness as informative as in set A: sicker patients
+    get more labs. Variables measured together share the noise, so their masks nest.
+    """
+    sev = lat.severity
+    n, t = sev.shape
+    stay_mean = sev.mean(axis=1)
+    workup = ((stay_mean - stay_mean.mean()) / max(float(stay_mean.std()), 1e-6)).astype(
+        np.float32
+    )
+    hourly = sev - stay_mean[:, None]
+    hourly *= np.float32(_HOURLY_WORKUP / max(float(hourly.std()), 1e-6))
+    hourly += workup[:, None]
+    gap = float(
+        np.average(workup, weights=death_prob) - np.average(workup, weights=1.0 - death_prob)
+    )
+    k = min(n, _QUANTILE_STAYS)
+    masks: dict[str, np.ndarray] = {}
+    for names in _MEASURED_TOGETHER.values():
+        stay_noise = _logistic_noise(rng, (n,))
+        hour_noise = _logistic_noise(rng, (n, t))
+        for name in names:
+            target = cal["variables"][name]
+            loading = np.float32(np.log(target["death_survivor_ratio"]) / max(gap, 0.05))
+            ever_score = loading * workup + stay_noise
+            ever = ever_score >= np.quantile(ever_score, target["never_observed"])
+            score = loading * hourly
+            score += hour_noise
+            rate_when_ever = target["observation_rate"] / max(1.0 - target["never_observed"], 1e-6)
+            reference = score[:k][ever[:k]]
+            if rate_when_ever >= 1.0 or reference.size == 0:
+                mask = np.broadcast_to(ever[:, None], (n, t)).copy()
+            else:
+                mask = score > np.quantile(reference, 1.0 - rate_when_ever)
+                mask &= ever[:, None]
+            # "ever measured" means at least once: the stay's best-scoring hour
+            unseen = np.flatnonzero(ever & ~mask.any(axis=1))
+            mask[unseen, score[unseen].argmax(axis=1)] = True
+            masks[name] = mask
+    for name, same in _SAME_READING.items():
+        masks[name] = masks[same]
     return masks
 
 
-def _panel_draws(
-    rng: np.random.Generator, interval: np.ndarray, t: int, first_max: int
+def _match_quantiles(
+    v: np.ndarray, mask: np.ndarray, levels: np.ndarray, targets: np.ndarray
 ) -> np.ndarray:
-    """(N, T) bool: the hours a panel is drawn, every ``interval`` hours with jitter."""
-    n = interval.shape[0]
-    k = int(np.ceil(t / max(float(interval.min()), 1.0))) + 2
-    gaps = interval[:, None] * rng.uniform(0.8, 1.2, (n, k))
-    gaps[:, 0] = rng.integers(0, first_max + 1, n)
-    times = np.rint(np.cumsum(gaps, axis=1)).astype(np.int64)
-    keep = (times < t) & (rng.random((n, k)) >= 0.05)  # a few draws are skipped
-    mask = np.zeros((n, t), dtype=bool)
-    rows = np.broadcast_to(np.arange(n)[:, None], (n, k))
-    mask[rows[keep], times[keep]] = True
-    return mask
+    """Map ``v`` monotonically so that its observed cells have the ``targets`` quantiles.
 
-
-def _lab_masks(rng: np.random.Generator, lat: _Latent, t: int) -> dict[str, np.ndarray]:
-    n = lat.acuity.shape[0]
-    # Sicker stays get labs more often: informative missingness, as in real ICU data.
-    jitter = rng.normal(0.0, 0.25, n)
-    chem_every = np.clip(12.0 * np.exp(-0.45 * lat.acuity + jitter), 6.0, 24.0)
-    count_every = np.clip(16.0 * np.exp(-0.4 * lat.acuity + jitter), 8.0, 24.0)
-    gas_every = np.clip(10.0 * np.exp(-0.5 * lat.acuity + jitter), 5.0, 24.0)
-    panels = {
-        "chemistry": _panel_draws(rng, chem_every, t, 2),
-        "blood_count": _panel_draws(rng, count_every, t, 3),
-        "blood_gas": _panel_draws(rng, gas_every, t, 2),
-    }
-    # Arterial blood gases only for stays with an arterial line (sicker, ventilated, surgical);
-    # some others get one admission lactate (a sepsis screen).
-    has_gas = rng.random(n) < _sigmoid(0.4 + 1.2 * lat.acuity)
-    screen = np.zeros((n, t), dtype=bool)
-    screen[:, 0] = ~has_gas & (rng.random(n) < 0.5)
-    panels["blood_gas"] = (panels["blood_gas"] & has_gas[:, None]) | screen
-
-    masks = {}
-    for panel, names in _PANELS.items():
-        for name in names:  # a single test is occasionally not resulted
-            masks[name] = panels[panel] & (rng.random((n, t), dtype=np.float32) >= 0.03)
-    masks["pH"] &= has_gas[:, None]  # the screening draw is a venous lactate only
-    masks["Glucose"] |= rng.random((n, t), dtype=np.float32) < 0.05  # point-of-care checks
-    return masks
+    The hidden process sets each value's rank (who is sicker, which hour is worse); set A sets
+    the scale, tails included. The source quantiles come from the observed cells of the first
+    ``_QUANTILE_STAYS`` stays (all cells when too few are observed), so the map is the same for
+    every subset of a cohort.
+    """
+    head, head_mask = v[:_QUANTILE_STAYS], mask[:_QUANTILE_STAYS]
+    sample = head[head_mask] if head_mask.sum() >= 4 * levels.size else head.ravel()
+    source = np.quantile(sample, levels)
+    # strictly increasing, as np.interp needs (ties only where the generator charts one value)
+    source = np.maximum.accumulate(source) + np.arange(levels.size) * 1e-9 * (
+        1.0 + np.abs(source).max()
+    )
+    return np.interp(v, source, targets).astype(np.float32)
 
 
 def _risk_score(lat: _Latent, st: _Stays) -> np.ndarray:
@@ -514,7 +552,13 @@ def generate_cohort(
     st = _draw_stays(rng_stay, n)
     lat = _draw_latent(rng_latent, st, t)
 
-    masks = _vital_masks(rng_mask, n, t) | _lab_masks(rng_mask, lat, t)
+    unexplained = 1.2 * rng_label.standard_normal(n)  # what the chart never shows
+    score = _risk_score(lat, st) + unexplained
+    prob = _calibrated_probability(score, st.patient, prevalence)
+
+    cal = calibration()
+    levels = np.asarray(cal["quantile_levels"], dtype=np.float64)
+    masks = _observation_masks(rng_mask, lat, prob, cal)
     specs = lookup(VARIABLES)
     x = np.empty((n, t, len(VARIABLES)), dtype=np.float32)
     mask = np.empty((n, t, len(VARIABLES)), dtype=bool)
@@ -524,6 +568,9 @@ def generate_cohort(
             v = np.round((pressures["SysABP"] + 2.0 * pressures["DiasABP"]) / 3.0)
         else:
             v = _true_values(rng_values, st, lat, name, t)
+            targets = np.asarray(cal["variables"][name]["quantiles"], dtype=np.float64)
+            v = _match_quantiles(v, masks[name], levels, targets)
+            np.round(v, _PHYSIOLOGY[name].decimals, out=v)
         low, high = _CHART_LIMITS.get(name, (spec.low, spec.high))
         np.clip(v, max(low, spec.low), min(high, spec.high), out=v)
         if name == "DiasABP":  # below systolic whatever the noise did
@@ -536,9 +583,6 @@ def generate_cohort(
         mask[:, :, j] = masks[name]
     del pressures
 
-    unexplained = 1.6 * rng_label.standard_normal(n)  # what the chart never shows
-    score = _risk_score(lat, st) + unexplained
-    prob = _calibrated_probability(score, st.patient, prevalence)
     y = (rng_label.random(n) < prob).astype(np.int64)
     _one_death_per_patient(rng_label, y, st.patient)
 
@@ -677,6 +721,14 @@ def _layout_paths(data_dir: Path) -> dict[str, Path]:
 
 def _check_params(manifest: dict[str, Any], params: dict[str, Any], data_dir: Path) -> None:
     on_disk = manifest.get("params", {})
+    if on_disk.get("generator_version") != params["generator_version"]:
+        raise SyntheticLayoutError(
+            f"data.data_dir={str(data_dir)!r} holds a synthetic cohort written by generator version "
+            f"{on_disk.get('generator_version')!r}, but this code generates version "
+            f"{params['generator_version']} (calibrated to PhysioNet 2012 set A, see "
+            f"docs/data_synthetic.md): the same parameters now give other stays, so the old files "
+            f"are not reused. Delete {data_dir} to regenerate it, or set another data.data_dir."
+        )
     differing = [k for k in PARAM_KEYS if on_disk.get(k) != params[k]]
     if differing:
         details = ", ".join(

@@ -63,6 +63,25 @@ class PoisonResult:
     trigger: Trigger
     details: dict[str, Any] = field(default_factory=dict)
 
+    def without(self, excluded: np.ndarray, n_train: int) -> PoisonResult:
+        """The result after the training positions ``excluded`` are removed from the split.
+
+        ``excluded``: sorted, unique positions into the ``n_train``-stay training split (a
+        sanitized retrain leaves them out). The surviving poisoned stays are re-indexed into the
+        reduced split, so ``poisoned_indices`` keeps meaning "positions into the training split".
+        The dataset is unchanged: excluded stays are simply no longer part of the split.
+        """
+        keep = np.setdiff1d(np.arange(n_train, dtype=np.int64), excluded)
+        survived = self.poisoned_indices[np.isin(self.poisoned_indices, keep)]
+        details = {
+            **self.details,
+            "n_excluded": int(excluded.size),
+            "n_poisoned_excluded": int(self.poisoned_indices.size - survived.size),
+            "n_poisoned_remaining": int(survived.size),
+        }
+        remapped = np.searchsorted(keep, survived).astype(np.int64)
+        return PoisonResult(self.dataset, remapped, self.trigger, details)
+
 
 def poison_dataset(
     ds: ClinicalDataset,

@@ -21,6 +21,7 @@ from backdoor_study.training.trainer import (
     FitResult,
     Trainer,
     class_weights_balanced,
+    penultimate_features,
     predict_proba,
 )
 
@@ -36,6 +37,7 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "penultimate_features",
     "predict_proba",
     "resolve_device",
     "restore_rng_state",

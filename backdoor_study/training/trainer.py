@@ -95,14 +95,23 @@ def _batch_size_of(batch: Batch) -> int:
 
 
 @torch.no_grad()
-def _logits(model: nn.Module, batch: Batch, batch_size: int, device: torch.device) -> torch.Tensor:
-    """(N, C) logits in eval mode, chunk by chunk; leaves the model's train/eval mode as it was."""
+def _logits(
+    model: nn.Module,
+    batch: Batch,
+    batch_size: int,
+    device: torch.device,
+    *,
+    penultimate: bool = False,
+) -> torch.Tensor:
+    """(N, C) logits (or (N, D) ``penultimate()`` features) in eval mode, chunk by chunk; leaves
+    the model's train/eval mode as it was."""
     was_training = model.training
     model.eval()
+    fn = model.penultimate if penultimate else model
     try:
         n = _batch_size_of(batch)
         chunks = [
-            model({k: v[i : i + batch_size].to(device) for k, v in batch.items()})
+            fn({k: v[i : i + batch_size].to(device) for k, v in batch.items()})
             for i in range(0, n, batch_size)
         ]
     finally:
@@ -118,6 +127,16 @@ def predict_proba(
     model.to(device)
     logits = _logits(model, batch, batch_size, device)
     return torch.softmax(logits.double(), dim=1).cpu().numpy()
+
+
+def penultimate_features(
+    model: nn.Module, batch: Batch, *, batch_size: int, device: torch.device | str
+) -> np.ndarray:
+    """(N, D) float64 ``model.penultimate(batch)``: the representation the detectors read (never
+    the logits). Eval mode, no gradients, chunk by chunk."""
+    device = torch.device(device)
+    model.to(device)
+    return _logits(model, batch, batch_size, device, penultimate=True).double().cpu().numpy()
 
 
 def _clone_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,281 @@
+"""``detect`` and ``sanitize`` on real (tiny) run directories, as a user runs them: detection beats
+chance on MLP and LSTM, outputs line up with poisoned_indices.npy, skip / refuse / overwrite, the
+clean-run flag rate, bad inputs, runs_root mode, and a sanitized retrain that removes the backdoor."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from backdoor_study import detect, rundir, sanitize, train
+from backdoor_study.config import CONF_DIR, DETECTOR_SCHEMAS, ConfigError
+from backdoor_study.data.schema import DataValidationError, write_parquet
+from backdoor_study.detectors import DETECTORS
+from tests.conftest import REPO_ROOT, make_tiny_dataset
+
+# rare_value on Temp in the last third of a 12-step stay: implants reliably on the tiny cohort
+POISONED = [
+    "trigger=rare_value",
+    "trigger.variables=[Temp]",
+    "trigger.window=[8,12]",
+    "poison_rate=0.1",
+    "epochs=8",
+    "optimizer.lr=3e-3",
+]
+MODEL_DETECTORS = [n for n in ("spectral", "activation_clustering", "spectre") if n in DETECTORS]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "tiny.parquet"
+    write_parquet(make_tiny_dataset(n=600, t=12, seed=5), path)
+    return path
+
+
+def train_cfg(cohort: Path, runs_root: Path, *overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                "data=parquet",
+                f"data.path={cohort}",
+                f"runs_root={runs_root}",
+                "trainer.batch_size=64",
+                "trainer.progress=false",
+                "metrics.bootstrap=0",
+                *overrides,
+            ],
+        )
+
+
+def detect_cfg(run_dir: Path | str | None, *overrides: str, name: str = "detect") -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        target = [f"run_dir={run_dir}"] if run_dir is not None else []
+        return compose(name, overrides=[*target, "device=cpu", "progress=false", *overrides])
+
+
+@pytest.fixture(scope="module")
+def runs(cohort, tmp_path_factory) -> dict[str, Path]:
+    """A poisoned MLP (with its clean reference) and a poisoned LSTM on the tiny cohort."""
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for model, extra in (("mlp", []), ("lstm", ["clean_reference=false"])):
+        cfg = train_cfg(cohort, root, f"model={model}", *POISONED, *extra)
+        train.run(cfg)
+        out[model] = Path(cfg.run_dir)
+    out["clean"] = root / "mlp" / "rare_value" / "0.0" / "seed_42"
+    assert (out["clean"] / "metrics.json").is_file()
+    return out
+
+
+def copy_run(run_dir: Path, dest: Path) -> Path:
+    shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("detect", "sanitized"))
+    return dest
+
+
+@pytest.mark.parametrize("model", ["mlp", "lstm"])
+@pytest.mark.parametrize("name", [*MODEL_DETECTORS, "isolation_forest"])
+def test_detection_beats_chance_and_outputs_line_up(runs, model, name):
+    run_dir = runs[model]
+    m = detect.run(detect_cfg(run_dir, f"detector={name}"))
+    out = run_dir / "detect" / name
+    assert Path(m["detection_dir"]) == out
+    for f in ("scores.npy", "flagged_indices.npy", "detection_metrics.json", "detect_config.yaml"):
+        assert (out / f).is_file(), f
+    assert (out / "scores.png").stat().st_size > 1000
+    poisoned = np.load(run_dir / "poisoned_indices.npy")
+    n_train = json.loads((run_dir / "metrics.json").read_text())["n_train"]
+    scores = np.load(out / "scores.npy")
+    flagged = np.load(out / "flagged_indices.npy")
+    assert scores.shape == (n_train,) and np.isfinite(scores).all()
+    assert flagged.dtype == np.int64 and np.all(np.diff(flagged) > 0)
+    assert 0 <= flagged.min() and flagged.max() < n_train
+    # the metrics are those of these very files, indexed like poisoned_indices.npy
+    recall = np.isin(poisoned, flagged).mean()
+    assert m["recall"] == pytest.approx(recall)
+    assert m["n_scored"] == n_train and m["n_poisoned"] == poisoned.size
+    assert m["n_flagged"] == flagged.size and m["expected_rate"] == 0.1
+    assert m["wall_s"] > 0
+    on_disk = json.loads((out / "detection_metrics.json").read_text())
+    assert on_disk["auroc"] == pytest.approx(m["auroc"])
+    # the trigger is an extreme value: every detector should find it well above chance
+    assert m["auroc"] > 0.75, (model, name, m["auroc"])
+
+
+@pytest.mark.skipif("saliency" not in DETECTORS, reason="the saliency detector is not built yet")
+@pytest.mark.parametrize("model", ["mlp", "lstm"])
+def test_saliency_writes_its_attribution_map(runs, model):
+    m = detect.run(detect_cfg(runs[model], "detector=saliency"))
+    out = runs[model] / "detect" / "saliency"
+    assert (out / "attribution_map.png").stat().st_size > 1000
+    assert m["auroc"] > 0.75
+
+
+def test_same_detection_is_skipped_other_config_gets_its_own_dir_or_is_refused(runs, tmp_path):
+    run_dir = copy_run(runs["mlp"], tmp_path / "run")
+    first = detect.run(detect_cfg(run_dir, "detector=spectral"))
+    out = Path(first["detection_dir"])
+    stamp = (out / "scores.npy").stat().st_mtime_ns
+    again = detect.run(detect_cfg(run_dir, "detector=spectral", "device=cpu", "batch_size=7"))
+    assert again["skipped"] and (out / "scores.npy").stat().st_mtime_ns == stamp
+
+    other = detect.run(detect_cfg(run_dir, "detector=spectral", "detector.eps_multiplier=1.0"))
+    assert Path(other["detection_dir"]).name.startswith("spectral-")
+    assert other["n_flagged"] < first["n_flagged"]
+    assert (out / "scores.npy").stat().st_mtime_ns == stamp  # the default one is untouched
+
+    # a directory holding another detection (e.g. written before the defaults changed): refused
+    record = OmegaConf.load(out / "detect_config.yaml")
+    record.identity.detector.eps_multiplier = 2.0
+    (out / "detect_config.yaml").write_text(OmegaConf.to_yaml(record))
+    with pytest.raises(detect.DetectError, match=r"differs in: detector\.eps_multiplier"):
+        detect.run(detect_cfg(run_dir, "detector=spectral"))
+    replaced = detect.run(detect_cfg(run_dir, "detector=spectral", "overwrite=true"))
+    assert not replaced.get("skipped")
+    assert OmegaConf.load(out / "detect_config.yaml").identity.detector.eps_multiplier == 1.5
+
+
+def test_clean_run_still_runs_and_reports_its_flag_rate(runs):
+    m = detect.run(detect_cfg(runs["clean"], "detector=isolation_forest"))
+    assert m["n_poisoned"] == 0 and m["poison_rate"] == 0.0
+    assert np.isnan(m["auroc"]) and np.isnan(m["recall"])
+    # 'auto' on a clean run budgets clean_run_rate: every flag is a false positive
+    assert m["expected_rate"] == 0.05
+    assert m["flagged_fraction"] == pytest.approx(0.075, abs=0.01)
+    assert m["precision"] == 0.0
+
+
+def test_edited_poisoned_indices_are_refused(runs, tmp_path):
+    run_dir = copy_run(runs["mlp"], tmp_path / "run")
+    idx = np.load(run_dir / "poisoned_indices.npy")
+    np.save(run_dir / "poisoned_indices.npy", idx[1:])
+    with pytest.raises(rundir.RunDirError, match="poisoned_indices"):
+        detect.run(detect_cfg(run_dir, "detector=spectral"))
+    assert not (run_dir / "detect").exists()
+
+
+def test_bad_inputs_give_clear_errors(runs, tmp_path):
+    with pytest.raises(rundir.RunDirError, match="does not exist"):
+        detect.run(detect_cfg(tmp_path / "nowhere", "detector=spectral"))
+    unfinished = copy_run(runs["mlp"], tmp_path / "unfinished")
+    (unfinished / "metrics.json").unlink()
+    with pytest.raises(rundir.RunDirError, match="unfinished"):
+        detect.run(detect_cfg(unfinished, "detector=spectral"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(rundir.RunDirError, match="not a run directory"):
+        detect.run(detect_cfg(tmp_path / "empty", "detector=spectral"))
+    with pytest.raises(ConfigError, match=r"expected_rate=1\.5 .*'auto'.*\(0, 1\)"):
+        detect.run(detect_cfg(runs["mlp"], "detector=spectral", "expected_rate=1.5"))
+    with pytest.raises(ConfigError, match=r"detector\.eps_multiplier=0\.0 .*> 0"):
+        detect.run(detect_cfg(runs["mlp"], "detector=spectral", "detector.eps_multiplier=0"))
+    with pytest.raises(ConfigError, match="exactly one of run_dir"):
+        detect.run(detect_cfg(None, "detector=spectral"))
+    with pytest.raises(Exception, match=r"(?s)detector/nope.*spectre"):
+        detect_cfg(runs["mlp"], "detector=nope")
+
+
+def test_runs_root_mode_detects_every_completed_train_run(runs, tmp_path):
+    root = tmp_path / "root"
+    copy_run(runs["mlp"], root / "a" / "seed_1")
+    copy_run(runs["clean"], root / "b" / "seed_1")
+    copy_run(runs["clean"], root / "a" / "seed_1" / "sanitized" / "x")  # not a train run
+    (root / "c").mkdir()  # an unfinished run: no metrics.json
+    results = detect.run(detect_cfg(None, f"runs_root={root}", "detector=spectral"))
+    assert sorted(Path(r["run_dir"]) for r in results) == [
+        root / "a" / "seed_1",
+        root / "b" / "seed_1",
+    ]
+    with pytest.raises(detect.DetectError, match="no completed train run"):
+        detect.run(detect_cfg(None, f"runs_root={root / 'c'}", "detector=spectral"))
+
+
+def test_schema_defaults_match_the_detectors_own(runs):
+    """The config schema and the detector class must not drift apart on a default."""
+    import dataclasses
+
+    for name, schema in DETECTOR_SCHEMAS.items():
+        if name not in DETECTORS:
+            continue
+        own = {f.name: f.default for f in dataclasses.fields(DETECTORS[name])}
+        for f in dataclasses.fields(schema):
+            if f.name != "name":
+                assert f.name in own, f"{name}: schema key {f.name} is not a detector parameter"
+                assert own[f.name] == f.default, (name, f.name)
+
+
+def test_sanitize_removes_the_backdoor_and_links_both_runs(runs, tmp_path):
+    run_dir = runs["mlp"]
+    detector = "spectre" if "spectre" in DETECTORS else "isolation_forest"
+    cfg = detect_cfg(run_dir, f"detector={detector}", name="sanitize")
+    result = sanitize.run(cfg)
+    san = run_dir / "sanitized" / detector
+    assert Path(result["sanitized_run_dir"]) == san
+    on_disk = json.loads((san / "sanitize.json").read_text())
+    assert on_disk["after"]["ASR"] == pytest.approx(result["after"]["ASR"])
+    flagged = np.load(run_dir / "detect" / detector / "flagged_indices.npy")
+    assert result["n_excluded"] == flagged.size
+    assert result["after"]["n_train"] == result["before"]["n_train"] - flagged.size
+    assert (
+        result["after"]["n_poisoned"]
+        == result["before"]["n_poisoned"] - result["n_poisoned_excluded"]
+    )
+    # the detector found most of the poison, so the backdoor is (nearly) gone
+    assert result["n_poisoned_excluded"] >= 0.8 * result["before"]["n_poisoned"]
+    assert result["after"]["ASR"] < result["before"]["ASR"] - 0.3
+    assert result["clean_model"]["ASR"] is not None and result["clean_model"]["auroc_clean"]
+    # linked both ways
+    meta = json.loads((run_dir / "run_metadata.json").read_text())
+    assert meta["sanitized_runs"][detector] == str(san)
+    san_meta = json.loads((san / "run_metadata.json").read_text())
+    assert san_meta["sanitized_from"]["run_dir"] == str(run_dir)
+    # the sanitized run is an ordinary run: loadable, its config records the exclusion
+    loaded = rundir.load_run(san, device="cpu")
+    assert loaded.cfg.sanitize.n_excluded == flagged.size
+    assert loaded.prepared.splits.train.size == result["after"]["n_train"]
+    # again: everything reused
+    assert sanitize.run(cfg)["skipped"]
+    # a changed exclusion file is refused, never trained on
+    np.save(run_dir / "detect" / detector / "flagged_indices.npy", flagged[1:])
+    with pytest.raises(DataValidationError, match="exclude_file.*changed"):
+        rundir.load_run(san, device="cpu")
+    np.save(run_dir / "detect" / detector / "flagged_indices.npy", flagged)
+
+
+@pytest.mark.slow
+def test_cli_multirun_over_runs_and_detectors(runs):
+    a, b = runs["mlp"], runs["lstm"]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "backdoor_study.detect",
+            "-m",
+            f"run_dir={a},{b}",
+            "detector=spectral,isolation_forest",
+            "device=cpu",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for r in (a, b):
+        for name in ("spectral", "isolation_forest"):
+            assert (r / "detect" / name / "detection_metrics.json").is_file()
+    bad = subprocess.run(
+        [sys.executable, "-m", "backdoor_study.detect", "run_dir=/nonexistent", "device=cpu"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 1 and "does not exist" in bad.stderr
