@@ -42,7 +42,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from backdoor_study import stats as study_stats  # noqa: E402
 from backdoor_study import summarize  # noqa: E402
-from backdoor_study.config import CONF_DIR, validate  # noqa: E402
+from backdoor_study.config import validate  # noqa: E402
 from backdoor_study.metrics import predict  # noqa: E402
 from backdoor_study.utils import atomic_write_bytes, atomic_write_text  # noqa: E402
 
@@ -463,7 +463,7 @@ def saliency_images(ctx: ReportContext, detect: pd.DataFrame) -> list[str]:
     sal = detect[detect["detector"] == "saliency"]
     for _, row in _representative_runs(sal).iterrows():
         d = Path(row["run_dir"])
-        pngs = sorted(d.glob("*.png"))
+        pngs = sorted(d.glob("attribution*.png"))
         if pngs:
             name = f"saliency_{len(names)}"
             atomic_write_bytes(ctx.out_dir / "figures" / f"{name}.png", pngs[0].read_bytes())
@@ -862,15 +862,15 @@ def run(cfg: DictConfig) -> Path:
     )
 
 
+def main(cfg: DictConfig) -> None:
+    page = run(cfg)
+    print(f"report: {page.resolve()}")
+
+
 def _main() -> None:
-    import hydra
+    from backdoor_study.cli import hydra_entry
 
-    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="report")
-    def main(cfg: DictConfig) -> None:
-        page = run(cfg)
-        print(f"report: {page.resolve()}")
-
-    main()
+    hydra_entry("report", main)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ A run is recognised by the file that marks it complete (:data:`MARKERS`):
 - ``detect/{detector}/detection_metrics.json`` -> ``detect`` (config columns of the training run it
   scored, detection metrics prefixed ``detection_``)
 - ``sanitized/{detector}/sanitize.json`` -> ``sanitize`` (config columns of the training run it
-  cleaned; the retrained model's metrics)
+  cleaned; the retrained model's metrics, and sanitize's own ``before_*`` / ``after_*``)
 
 Other run kinds (e.g. the classic scikit-learn study) add a reader with :func:`register_marker`.
 """
@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from backdoor_study import rundir
-from backdoor_study.config import CONF_DIR
+from backdoor_study.config import validate
 from backdoor_study.utils import atomic_write_bytes, atomic_write_text, read_json
 
 log = logging.getLogger("backdoor_study.summarize")
@@ -125,7 +125,10 @@ def train_row(marker: Path, runs_root: Path) -> dict[str, Any] | None:
 
 
 def _stage_row(kind: str, marker: Path, metrics: dict[str, Any]) -> dict[str, Any] | None:
-    """A row for a stage run in ``{train_run_dir}/{stage}/{detector}/``."""
+    """A row for a stage run in ``{train_run_dir}/{stage}/{detector}/``. Metrics named like a
+    config or bookkeeping column (``run_dir``, ``detector``, ``poison_rate``...) are left out:
+    those come from the directories and the training run's config."""
+    metrics = {k: v for k, v in metrics.items() if k not in FIRST_COLUMNS}
     stage_dir = marker.parent
     train_dir = stage_dir.parent.parent
     if not (train_dir / rundir.RESOLVED_CONFIG_FILE).exists():
@@ -147,16 +150,21 @@ def detect_row(marker: Path, runs_root: Path) -> dict[str, Any] | None:
     metrics = {
         (k if k.startswith("detection_") else f"detection_{k}"): v
         for k, v in scalars(read_json(marker)).items()
+        if k not in FIRST_COLUMNS  # the detector, run_dir, poison_rate... it repeats
     }
     return _stage_row("detect", marker, metrics)
 
 
 @register_marker("sanitize.json")
 def sanitize_row(marker: Path, runs_root: Path) -> dict[str, Any] | None:
-    metrics = scalars(read_json(marker))
-    retrained = marker.parent / rundir.METRICS_FILE
+    record = read_json(marker)
+    metrics = scalars(record)
+    retrained = marker.parent / rundir.METRICS_FILE  # the model retrained without the flagged stays
     if retrained.exists():
         metrics = {**scalars(read_json(retrained)), **metrics}
+    for when in ("before", "after"):  # sanitize's own before/after comparison, when it has one
+        if isinstance(record.get(when), dict):
+            metrics.update(scalars(record[when], prefix=f"{when}_"))
     return _stage_row("sanitize", marker, metrics)
 
 
@@ -209,6 +217,7 @@ def write_summary(table: pd.DataFrame, runs_root: str | Path) -> tuple[Path, Pat
 
 def run(cfg: DictConfig) -> pd.DataFrame:
     """Collect ``cfg.runs_root`` and write its summary; returns the table."""
+    validate(cfg)
     table = collect(cfg.runs_root, progress=bool(cfg.get("progress", True)))
     if table.empty:
         raise FileNotFoundError(
@@ -232,19 +241,20 @@ def read_summary(path: str | Path) -> pd.DataFrame:
     raise ValueError(f"summary {str(path)!r}: expected a .csv or .parquet file")
 
 
+def main(cfg: DictConfig) -> None:
+    table = run(cfg)
+    counts = table["kind"].value_counts().to_dict()
+    root = Path(cfg.runs_root)
+    print(
+        f"{len(table)} runs ({', '.join(f'{n} {k}' for k, n in counts.items())}) -> "
+        f"{root / SUMMARY_CSV}, {root / SUMMARY_PARQUET}"
+    )
+
+
 def _main() -> None:
-    import hydra
+    from backdoor_study.cli import hydra_entry
 
-    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="summarize")
-    def main(cfg: DictConfig) -> None:
-        table = run(cfg)
-        counts = table["kind"].value_counts().to_dict()
-        print(
-            f"{len(table)} runs ({', '.join(f'{n} {k}' for k, n in counts.items())}) -> "
-            f"{Path(cfg.runs_root) / SUMMARY_CSV}, {Path(cfg.runs_root) / SUMMARY_PARQUET}"
-        )
-
-    main()
+    hydra_entry("summarize", main)
 
 
 if __name__ == "__main__":
