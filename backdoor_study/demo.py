@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from backdoor_study import report, summarize
@@ -172,13 +172,11 @@ def sanitize_all(cfg: DictConfig, run_dirs: list[str], detector: str, tracking: 
     return len(run_dirs)
 
 
-def mlflow_ui_command(tracking: list[str]) -> str | None:
-    """The ``mlflow ui`` command for the store the runs were tracked in (None: not tracked)."""
-    if not tracking:
-        return None
-    node = compose_config("train", tracking).tracking
-    uri = OmegaConf.select(node, "uri", default=None)
-    return f"mlflow ui --backend-store-uri {uri}" if uri else None
+def mlflow_ui_command(runs_root: str) -> str | None:
+    """The ``mlflow ui`` command for the store(s) the runs recorded (None: none tracked)."""
+    table = summarize.collect(runs_root, progress=False)
+    uris = sorted(set(table.get("mlflow_tracking_uri", pd.Series(dtype=str)).dropna()))
+    return " ; ".join(f"mlflow ui --backend-store-uri {uri}" for uri in uris) or None
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -220,7 +218,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "best_detector": chosen,
         "n_sanitize": n_sanitize,
         "report": page,
-        "mlflow_ui": mlflow_ui_command(tracking),
+        "mlflow_ui": mlflow_ui_command(str(cfg.runs_root)),
         "timings": timings,
     }
 
@@ -242,7 +240,7 @@ def main(cfg: DictConfig) -> None:
     if out["mlflow_ui"]:
         print(f"browse the tracked runs: {out['mlflow_ui']}")
     else:
-        print("runs were not tracked in MLflow (no tracking option in this build)")
+        print("no run recorded an MLflow run (tracking=none, or no tracking in this build)")
 
 
 def _main() -> None:

@@ -40,7 +40,7 @@ SUMMARY_CSV = "summary.csv"
 SUMMARY_PARQUET = "summary.parquet"
 KINDS = ("train", "clean_reference", "detect", "sanitize")
 # Directories under a runs root that hold no run (reports, MLflow stores, Hydra's own files).
-SKIP_DIRS = {"report", "mlruns", "mlartifacts", "artifacts", "__pycache__"}
+SKIP_DIRS = {"report", "mlruns", "mlartifacts", "artifacts", "__pycache__"}  # mlartifacts: tracking
 # config column -> dotted key in a run's config_resolved.yaml
 CONFIG_KEYS = {
     "data": "data.name",
@@ -58,7 +58,15 @@ CONFIG_KEYS = {
     "selection": "trainer.selection",
     "threshold_rule": "metrics.threshold",
 }
-FIRST_COLUMNS = ("kind", *CONFIG_KEYS, "detector", "run_dir", "train_run_dir", "mlflow_run_id")
+FIRST_COLUMNS = (
+    "kind",
+    *CONFIG_KEYS,
+    "detector",
+    "run_dir",
+    "train_run_dir",
+    "mlflow_run_id",
+    "mlflow_tracking_uri",
+)
 
 Reader = Callable[[Path, Path], "dict[str, Any] | None"]
 # marker file name -> reader(marker_path, runs_root) -> row (None: not a run of this kind)
@@ -84,17 +92,16 @@ def config_columns(run_dir: Path) -> dict[str, Any]:
     return {col: OmegaConf.select(cfg, key, default=None) for col, key in CONFIG_KEYS.items()}
 
 
-def mlflow_run_id(run_dir: Path) -> str | None:
-    """The MLflow run id recorded in ``run_metadata.json`` (``mlflow_run_id`` or
-    ``mlflow.run_id``), or None for an untracked run."""
+def mlflow_run(run_dir: Path) -> dict[str, str | None]:
+    """The MLflow run id and tracking URI recorded in ``run_metadata.json`` (``mlflow.run_id`` /
+    ``mlflow.tracking_uri``, as tracking writes them); None for an untracked run."""
     path = run_dir / rundir.METADATA_FILE
-    if not path.exists():
-        return None
-    meta = read_json(path)
-    found = meta.get("mlflow_run_id")
-    if found is None and isinstance(meta.get("mlflow"), dict):
-        found = meta["mlflow"].get("run_id")
-    return found
+    recorded = read_json(path).get("mlflow") if path.exists() else None
+    recorded = recorded if isinstance(recorded, dict) else {}
+    return {
+        "mlflow_run_id": recorded.get("run_id"),
+        "mlflow_tracking_uri": recorded.get("tracking_uri"),
+    }
 
 
 def scalars(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -113,7 +120,7 @@ def train_row(marker: Path, runs_root: Path) -> dict[str, Any] | None:
         return None
     kind = "clean_reference" if run_dir.name == "clean_reference" else "train"
     row = {"kind": kind, **config_columns(run_dir), "run_dir": str(run_dir)}
-    row["mlflow_run_id"] = mlflow_run_id(run_dir)
+    row.update(mlflow_run(run_dir))
     meta_path = run_dir / rundir.METADATA_FILE
     if meta_path.exists():
         meta = read_json(meta_path)
@@ -140,7 +147,7 @@ def _stage_row(kind: str, marker: Path, metrics: dict[str, Any]) -> dict[str, An
         "detector": stage_dir.name,
         "run_dir": str(stage_dir),
         "train_run_dir": str(train_dir),
-        "mlflow_run_id": mlflow_run_id(stage_dir),
+        **mlflow_run(stage_dir),
         **metrics,
     }
 

@@ -47,7 +47,10 @@ def _write_train_run(run_dir: Path, model: str, trigger: str, rate: float, seed:
     (run_dir / "config_resolved.yaml").write_text(yaml.safe_dump(cfg))
     meta = {"config_digest": f"d{seed}", "data": {"digest": "x"}, "timings": {"total_s": 1.0}}
     if seed == 1:
-        meta["mlflow_run_id"] = f"mlflow{model}{trigger}{rate}"
+        meta["mlflow"] = {
+            "run_id": f"mlflow{model}{trigger}{rate}",
+            "tracking_uri": "sqlite:///x.db",
+        }
     (run_dir / "run_metadata.json").write_text(json.dumps(meta))
     works = trigger == "rare_value"
     asr = min(1.0, 0.05 + (18 * rate if works else 0) + rng.normal(0, 0.03))
@@ -108,8 +111,8 @@ def make_runs_tree(root: Path) -> Path:
                         json.dumps({"ASR_before": 0.9, "n_removed": 12})
                     )
                     (s / "metrics.json").write_text(json.dumps({"ASR": 0.1, "auroc_clean": 0.69}))
-    (root / "mlruns" / "0" / "abc").mkdir(parents=True)  # a store: never read as a run
-    (root / "mlruns" / "0" / "abc" / "metrics.json").write_text("{}")
+    copy = root / "mlartifacts" / "1" / "abc" / "artifacts"  # the store's copies: never runs
+    shutil.copytree(root / "mlp" / "rare_value" / "0.05" / "seed_1", copy)
     return root
 
 
