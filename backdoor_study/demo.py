@@ -90,11 +90,11 @@ def _option_exists(group: str, name: str) -> bool:
 
 
 def tracking_overrides(cfg: DictConfig) -> list[str]:
-    """``tracking=<cfg.tracking>`` where this build has that option (MLflow: issue #10)."""
-    if _option_exists("tracking", str(cfg.tracking)):
-        return [f"tracking={cfg.tracking}"]
+    """``tracking=<cfg.track_with>`` where this build has that option (MLflow: issue #10)."""
+    if _option_exists("tracking", str(cfg.track_with)):
+        return [f"tracking={cfg.track_with}"]
     log.warning(
-        "tracking=%s is not in this build (conf/tracking/): runs are not tracked", cfg.tracking
+        "tracking=%s is not in this build (conf/tracking/): runs are not tracked", cfg.track_with
     )
     return []
 
@@ -155,7 +155,8 @@ def sanitize_all(cfg: DictConfig, run_dirs: list[str], detector: str, tracking: 
     sanitize = _entry_point("sanitize")
     if sanitize is None:
         return 0
-    retrain = ["trainer.progress=false", *tracking]
+    # the retrain is the run's own resolved config: it keeps the run's tracking node
+    retrain = ["trainer.progress=false"]
     for run_dir in tqdm(run_dirs, desc=f"sanitize ({detector})", unit="run"):
         sanitize.run(
             compose_stage(
@@ -164,7 +165,7 @@ def sanitize_all(cfg: DictConfig, run_dirs: list[str], detector: str, tracking: 
                     f"run_dir={run_dir}",
                     f"detector={detector}",
                     "progress=false",
-                    f"train_overrides=[{','.join(retrain)}]",
+                    f"train_overrides=[{','.join(repr(o) for o in retrain)}]",
                 ],
                 tracking,
             )
