@@ -2,8 +2,8 @@
 
 1. train a grid (models x triggers x poison rates x seeds) on the synthetic cohort (generated on
    first use), every run re-evaluated from its run directory (``eval`` must reproduce ``train``);
-2. ``detect`` every poisoned run with every detector (``conf/detector/``);
-3. ``sanitize`` every poisoned run with the detector of the highest mean detection AUROC;
+2. ``detect`` the poisoned runs at ``detect_rates`` with every detector (``conf/detector/``);
+3. ``sanitize`` the runs at ``sanitize_rates`` with the detector of the highest mean detection AUROC;
 4. ``report``: summary, statistics, figures and ``{runs_root}/report/index.html``;
 
 then print where the page is and the ``mlflow ui`` command for the tracked runs. Completed runs,
@@ -121,10 +121,6 @@ def detectors(cfg: DictConfig) -> list[str]:
     return [str(d) for d in cfg.detectors]
 
 
-def poisoned_run_dirs(table: pd.DataFrame) -> list[str]:
-    return table.loc[table["poison_rate"] > 0, "run_dir"].tolist()
-
-
 def detect_all(cfg: DictConfig, run_dirs: list[str], tracking: list[str]) -> int:
     """Every detector on every run in ``run_dirs`` -> ``{run_dir}/detect/{detector}/``."""
     detect = _entry_point("detect")
@@ -197,7 +193,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise SystemExit("eval did not reproduce train for some runs")
 
     t = time.perf_counter()
-    run_dirs = poisoned_run_dirs(table)
+    detect_rates = [float(r) for r in cfg.detect_rates]
+    run_dirs = [d for d, r in zip(table["run_dir"], table["poison_rate"]) if r in detect_rates]
     n_detect = detect_all(cfg, run_dirs, tracking)
     timings["detect_s"] = time.perf_counter() - t
 

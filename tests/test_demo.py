@@ -24,6 +24,7 @@ def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
             "epochs=2",
             f"runs_root={tmp / 'runs'}",
             "detectors=[spectral,isolation_forest]",
+            "detect_rates=[0.1]",
             "sanitize_rates=[0.1]",
             "track_with=none",
             "train_overrides=['data.n_stays=800','data.dev_size=800',"
