@@ -431,7 +431,7 @@ def fig_detection_heatmap(ctx: ReportContext, detect: pd.DataFrame) -> Figure | 
             index="detector", columns="trigger", values=DETECTION_AUROC, aggfunc="mean"
         )
         im = ax.imshow(
-            grid.to_numpy(dtype=float), vmin=0.5, vmax=1.0, cmap="cividis", aspect="auto"
+            grid.to_numpy(dtype=float), vmin=0.0, vmax=1.0, cmap="cividis", aspect="auto"
         )
         ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=30, ha="right")
         ax.set_yticks(range(grid.shape[0]), grid.index)
@@ -444,7 +444,7 @@ def fig_detection_heatmap(ctx: ReportContext, detect: pd.DataFrame) -> Figure | 
                     f"{v:.2f}",
                     ha="center",
                     va="center",
-                    color="white" if v < 0.75 else "black",
+                    color="white" if v < 0.6 else "black",
                 )
         ax.set_title(f"poison rate {rate * 100:g}%")
     fig.colorbar(im, ax=axes[0].tolist(), label="detection AUROC (poisoned vs clean samples)")
@@ -461,7 +461,8 @@ def saliency_images(ctx: ReportContext, detect: pd.DataFrame) -> list[str]:
         return []
     names = []
     sal = detect[detect["detector"] == "saliency"]
-    for _, row in _representative_runs(sal).iterrows():
+    # one map per trigger (the representative run of the first model): where each trigger sits
+    for _, row in _representative_runs(sal).groupby("trigger", sort=True).head(1).iterrows():
         d = Path(row["run_dir"])
         pngs = sorted(d.glob("attribution*.png"))
         if pngs:
@@ -745,7 +746,7 @@ def render_html(ctx: ReportContext, sections: list[Section], title: str) -> str:
     for i, s in enumerate(sections):
         figs = "".join(_img(n, ctx.figures[n]) for n in s.figures)
         body.append(
-            f"<section id='s{i}'><h2>{html.escape(s.title)}</h2><p>{html.escape(s.lead)}</p>{figs}{s.html}</section>"
+            f"<section id='s{i}'><h2>{html.escape(s.title)}</h2><p>{html.escape(s.lead)}</p>{figs}<div class='scroll'>{s.html}</div></section>"
         )
     stats_html = _stats_html(ctx.stats)
     body.append(
