@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -45,7 +46,7 @@ def one_line(error: BaseException) -> str:
 
 def hydra_entry(
     config_name: str,
-    fn: Callable[[DictConfig], None],
+    fn: Callable[[DictConfig], Any],
     *,
     user_errors: tuple[type[BaseException], ...] = (),
 ) -> None:
@@ -57,9 +58,9 @@ def hydra_entry(
     prog = f"backdoor_study.{config_name}"
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
-    def main(cfg: DictConfig) -> None:
+    def main(cfg: DictConfig) -> Any:
         try:
-            fn(cfg)
+            return fn(cfg)  # a sweeper (hydra/sweeper=optuna) reads the job's return value
         except caught as e:
             if debugging():
                 raise

@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
-from backdoor_study import rundir
+from backdoor_study import rundir, tracking
 from backdoor_study.evaluation import evaluate
 from backdoor_study.utils import sha256_file, write_json
 
@@ -72,6 +72,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             or not result["predictions_match"]
         )
         write_json(run_dir / EVAL_FILE, result)
+    parent, recorded_uri = tracking.train_run_id(run_dir)
+    with tracking.start(
+        cfg,
+        "eval",
+        run_dir,
+        config_digest=loaded.metadata["config_digest"],
+        run_cfg=loaded.cfg,
+        parent_run_id=parent,
+        recorded_uri=recorded_uri,
+    ) as tracker:
+        tracking.log_eval_run(tracker, run_dir, result, run_dir / EVAL_FILE)
     return result
 
 

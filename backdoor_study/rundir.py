@@ -252,15 +252,66 @@ def lock(
         os.close(fd)  # releases the lock
 
 
-def clear_for_overwrite(run_dir: Path) -> None:
-    """Remove a previous run's files (explicit ``overwrite=true`` only). Hydra's open log stays."""
-    for p in run_dir.iterdir():
-        if p.name.endswith(".log"):
-            continue
-        if p.is_dir():
-            shutil.rmtree(p)
+def staging_dir(run_dir: Path) -> Path:
+    """Where ``overwrite=true`` builds the replacement of ``run_dir`` (beside it, same filesystem)."""
+    return run_dir.parent / f".{run_dir.name}.new"
+
+
+def _retired_dir(run_dir: Path) -> Path:
+    return run_dir.parent / f".{run_dir.name}.old"
+
+
+def discard(path: Path) -> None:
+    """Delete a staging or retired directory if it is there."""
+    if path.is_dir():
+        shutil.rmtree(path)
+
+
+# A nested run that lives inside its parent's run directory (``clean_reference`` under an explicit
+# run_dir): the replacement has just used it, so it moves with the run.
+NESTED_RUNS = ("clean_reference",)
+
+
+def replace_with(run_dir: Path, staged: Path) -> None:
+    """Swap the complete run in ``staged`` in for ``run_dir`` (under :func:`lock`).
+
+    Two renames on one filesystem: ``run_dir`` -> ``.{name}.old``, ``staged`` -> ``run_dir``; then
+    the old run is deleted. A crash between them is finished by :func:`recover_replacement`.
+    """
+    old = _retired_dir(run_dir)
+    discard(old)
+    for name in NESTED_RUNS:
+        if (run_dir / name).is_dir() and not (staged / name).exists():
+            os.replace(run_dir / name, staged / name)
+    if run_dir.exists():
+        os.replace(run_dir, old)
+    os.replace(staged, run_dir)
+    _fsync_dir(run_dir.parent)
+    discard(old)
+
+
+def recover_replacement(run_dir: Path) -> None:
+    """Finish (or undo) a replacement that a killed process left half done; drop a staging
+    directory that never completed. Call under :func:`lock`."""
+    old, new = _retired_dir(run_dir), staging_dir(run_dir)
+    if not run_dir.exists() and old.is_dir():
+        if (new / METRICS_FILE).is_file():
+            os.replace(new, run_dir)
+            log.warning("finished replacing %s (the process doing it was killed)", run_dir)
         else:
-            p.unlink()
+            os.replace(old, run_dir)
+            log.warning("restored %s (a replacement of it was killed)", run_dir)
+    discard(old)
+    if new.is_dir() and run_dir.exists():
+        discard(new)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def git_commit() -> dict[str, Any]:
@@ -428,3 +479,19 @@ def _recorded_poisoned_indices(run_dir: Path) -> np.ndarray:
         raise RunDirError(
             f"{path} is not a readable .npy file ({e}); the run directory is damaged"
         ) from None
+
+
+# MLflow's artifact store inside a runs tree (tracking.py) holds copies of run files: not runs.
+TRACKING_ARTIFACTS_DIR = "mlartifacts"
+
+
+def find_run_dirs(runs_root: Path) -> list[Path]:
+    """Every completed training run directory under ``runs_root`` (``metrics.json`` is written
+    last), leaving out the tracking store's artifact copies."""
+    return sorted(
+        p.parent
+        for p in Path(runs_root).rglob(METRICS_FILE)
+        if TRACKING_ARTIFACTS_DIR not in p.relative_to(runs_root).parts
+        and (p.parent / RESOLVED_CONFIG_FILE).exists()
+        and (p.parent / METADATA_FILE).exists()
+    )

@@ -16,6 +16,7 @@ import io
 import logging
 import logging.handlers
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from backdoor_study import rundir
+from backdoor_study import rundir, sweep, tracking
 from backdoor_study.config import validate
 from backdoor_study.evaluation import evaluate
 from backdoor_study.experiment import Prepared, prepare
@@ -76,15 +77,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     identity = rundir.config_identity(cfg)
     digest = sha256_json(identity)
     with rundir.lock(run_dir, config_digest=digest, purpose="train"):
+        rundir.recover_replacement(run_dir)
         rundir.remove_stale_tmp(run_dir)
-        resume_from = _check_run_dir(cfg, run_dir, digest, identity)
-        if resume_from == "skip":
+        plan = _check_run_dir(cfg, run_dir, digest, identity)
+        if plan == "skip":
             log.info("run %s already complete with this config: skipped", run_dir)
             metrics = read_json(run_dir / rundir.METRICS_FILE)
             return {**metrics, "skipped": True}
 
-        with _RunLog() as run_log:
-            return _train(cfg, run_dir, digest, identity, resume_from, run_log)
+        with (
+            _RunLog() as run_log,
+            tracking.start(cfg, "train", run_dir, config_digest=digest) as tracker,
+        ):
+            metrics = _train(cfg, run_dir, digest, identity, plan, run_log)
+            tracking.log_train_run(tracker, run_dir, log_model=bool(cfg.tracking.get("log_model")))
+        return metrics
 
 
 def _train(
@@ -92,15 +99,23 @@ def _train(
     run_dir: Path,
     digest: str,
     identity: dict[str, Any],
-    resume_from: str | None,
+    plan: _Plan,
     run_log: _RunLog,
 ) -> dict[str, Any]:
+    """Train into ``run_dir``, or with ``plan.replace`` into a staging directory beside it that
+    replaces it only once the new run is complete (the old run survives any failure)."""
     started = time.time()
     device = resolve_device(cfg.device)
     seed_everything(int(cfg.seed))
     prepared = prepare(cfg)
-    metadata = _start_run_dir(cfg, run_dir, digest, identity, prepared, device, resume_from)
-    run_log.attach(run_dir / "train.log")
+    resume_from = plan.resume_from
+    if resume_from is not None:
+        _check_resume_checkpoint(resume_from, digest, prepared.data_digest)
+    work_dir = rundir.staging_dir(run_dir) if plan.replace else run_dir
+    if plan.replace:
+        rundir.discard(work_dir)  # a replacement that was killed before: start it over
+    metadata = _start_run_dir(cfg, work_dir, digest, identity, prepared, device, resume_from)
+    run_log.attach(work_dir / "train.log")
 
     seed_everything(int(cfg.seed))  # model init does not depend on how much RNG the data stage used
     model = build_model(cfg.model, prepared.spec)
@@ -112,7 +127,7 @@ def _train(
         batch_size=int(cfg.trainer.batch_size),
         seed=int(cfg.seed),
         device=device,
-        checkpoint_dir=run_dir,
+        checkpoint_dir=work_dir,
         keep_last=cfg.trainer.keep_last,
         grad_clip=cfg.trainer.grad_clip,
         class_weights=(
@@ -131,11 +146,11 @@ def _train(
         prepared.labels["train"],
         prepared.batches["val"],
         prepared.labels["val"],
-        resume_from=Path(resume_from) if resume_from else None,
+        resume_from=resume_from,
     )
     train_s = time.perf_counter() - t_fit
 
-    _save_final_model(run_dir / FINAL_MODEL_FILE, model, digest, prepared, fit.best_epoch)
+    _save_final_model(work_dir / FINAL_MODEL_FILE, model, digest, prepared, fit.best_epoch)
     t_eval = time.perf_counter()
     metrics, predictions = evaluate(cfg, model, prepared, device)
     metrics.update(
@@ -153,8 +168,8 @@ def _train(
         metrics.update(_clean_reference_asr(cfg))
     eval_s = time.perf_counter() - t_eval
 
-    _write_history(run_dir / "history.csv", fit.history)
-    _write_predictions(run_dir / "predictions.parquet", predictions)
+    _write_history(work_dir / "history.csv", fit.history)
+    _write_predictions(work_dir / "predictions.parquet", predictions)
     metadata["timings"].update(
         {
             **prepared.timings,
@@ -165,10 +180,12 @@ def _train(
     )
     metadata["status"] = "complete"
     metadata["best_epoch"] = fit.best_epoch
-    metadata["files"] = rundir.file_digests(run_dir)  # eval checks each
-    write_json(run_dir / rundir.METADATA_FILE, metadata)
-    _write_summary(run_dir / "experiment_summary.csv", cfg, metrics, prepared)
-    write_json(run_dir / rundir.METRICS_FILE, metrics)  # last: marks the run complete
+    metadata["files"] = rundir.file_digests(work_dir)  # eval checks each
+    write_json(work_dir / rundir.METADATA_FILE, metadata)
+    _write_summary(work_dir / "experiment_summary.csv", cfg, metrics, prepared, run_dir)
+    write_json(work_dir / rundir.METRICS_FILE, metrics)  # last: marks the run complete
+    if plan.replace:
+        rundir.replace_with(run_dir, work_dir)
     log.info("run complete: %s", run_dir)
     return metrics
 
@@ -207,10 +224,23 @@ class _RunLog:
 
 
 # --------------------------------------------------------------------------------------- run dir
+@dataclass(frozen=True)
+class _Plan:
+    """What a run does with its directory: continue from ``resume_from`` (None: from scratch);
+    with ``replace``, build the run beside the old one and swap it in at the end."""
+
+    resume_from: Path | None = None
+    replace: bool = False
+
+
 def _check_run_dir(
     cfg: DictConfig, run_dir: Path, digest: str, identity: dict[str, Any]
-) -> str | None:
-    """Decide what to do with what ``run_dir`` holds: 'skip', a checkpoint to resume, or None."""
+) -> _Plan | str:
+    """Decide what to do with what ``run_dir`` holds: 'skip' or a :class:`_Plan`.
+
+    Nothing is deleted here: ``overwrite=true`` plans a replacement that happens only after the
+    new run is complete, so data that fails to load or any later error leaves the old run intact.
+    """
     state = rundir.inspect(run_dir)
     overwrite = bool(cfg.overwrite)
     resume = cfg.resume
@@ -222,37 +252,49 @@ def _check_run_dir(
                 f"{run_dir} holds a run with a different config (differs in: {', '.join(diff) or 'unknown'}); "
                 "choose another runs_root/run_dir, or pass overwrite=true to replace it"
             )
-        log.warning("overwrite=true: replacing the run in %s", run_dir)
-        rundir.clear_for_overwrite(run_dir)
-        state = rundir.inspect(run_dir)
+        log.warning("overwrite=true: the run in %s is replaced once this one completes", run_dir)
+        return _Plan(replace=True)
     if state.complete and same:
         return "skip"
     if resume in (None, ""):
         if state.checkpoints:
             if overwrite:
-                rundir.clear_for_overwrite(run_dir)
-                return None
+                return _Plan(replace=True)
             last = max(state.checkpoints)
             raise rundir.RunDirError(
                 f"{run_dir} holds an unfinished run of this config (last checkpoint: epoch {last}); "
                 "pass resume=auto to continue it, or overwrite=true to start over"
             )
-        return None
+        return _Plan()
     if resume == "auto":
         if not state.checkpoints:
             log.info("resume=auto: no checkpoint in %s, starting from scratch", run_dir)
-            return None
-        return str(state.checkpoints[max(state.checkpoints)])
+            return _Plan()
+        return _Plan(resume_from=state.checkpoints[max(state.checkpoints)])
     path = Path(resume)
     if not path.is_file():
         raise FileNotFoundError(f"resume={resume!r}: no such checkpoint file")
-    recorded = load_checkpoint(path).get("metadata", {}).get("config_digest")
-    if recorded is not None and recorded != digest:
+    _check_resume_checkpoint(path, digest, None)  # the config now; the data once it is loaded
+    return _Plan(resume_from=path)
+
+
+def _check_resume_checkpoint(path: Path, digest: str, data_digest: str | None) -> None:
+    """Refuse to continue from a checkpoint written by another config or on other data: every
+    path that resumes (``resume=auto`` and ``resume=<path>``) comes through here."""
+    recorded = load_checkpoint(path).get("metadata", {})
+    written_by = recorded.get("config_digest")
+    if written_by != digest:
         raise rundir.RunDirError(
-            f"resume={resume!r} was written by a different config (digest {recorded[:12]} vs {digest[:12]}); "
-            "resume with the config it was trained with (see the run's config_resolved.yaml)"
+            f"resume: {path} was written by a different config (digest {str(written_by)[:12]} vs "
+            f"{digest[:12]}); resume with the config it was trained with (see the run's "
+            "config_resolved.yaml), or pass overwrite=true to start over"
         )
-    return str(path)
+    on_data = recorded.get("data_digest")
+    if data_digest is not None and on_data != data_digest:
+        raise rundir.RunDirError(
+            f"resume: {path} was trained on other data (data digest {str(on_data)[:12]} vs "
+            f"{data_digest[:12]} now): the data changed since; pass overwrite=true to start over"
+        )
 
 
 def _start_run_dir(
@@ -375,9 +417,9 @@ def summary_row(
 
 
 def _write_summary(
-    path: Path, cfg: DictConfig, metrics: dict[str, Any], prepared: Prepared
+    path: Path, cfg: DictConfig, metrics: dict[str, Any], prepared: Prepared, run_dir: Path
 ) -> None:
-    row = summary_row(cfg, metrics, str(path.parent), prepared.data_digest)
+    row = summary_row(cfg, metrics, str(run_dir), prepared.data_digest)
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(row))
     writer.writeheader()
@@ -399,7 +441,9 @@ def clean_reference_config(cfg: DictConfig) -> DictConfig:
     """The same config at poison_rate 0: the clean model whose ASR is the false-trigger rate."""
     clean = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     clean.poison_rate = 0.0
-    clean.resume = None
+    # resume=auto continues a clean reference killed mid-training too; a checkpoint path is the
+    # poisoned run's, not the clean one's
+    clean.resume = "auto" if cfg.resume == "auto" else None
     clean.overwrite = False
     if "hydra" in clean:
         del clean["hydra"]
@@ -424,8 +468,10 @@ def _clean_reference_asr(cfg: DictConfig) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------- CLI
-def main(cfg: DictConfig) -> None:
-    metrics = run(cfg)
+def main(cfg: DictConfig) -> float | None:
+    metrics = sweep.run_job(cfg, run)
+    if metrics is None:  # a failed job of a sweep, reported at the sweep's end
+        return None
     keys = [
         "auroc_clean",
         "auprc_clean",
@@ -440,6 +486,7 @@ def main(cfg: DictConfig) -> None:
     shown = {k: round(metrics[k], 4) for k in keys if isinstance(metrics.get(k), float)}
     status = "skipped (already complete)" if metrics.get("skipped") else "done"
     print(f"{status}: {cfg.run_dir} {shown}")
+    return metrics.get("best_val_auroc")  # the objective of hydra/sweeper=optuna
 
 
 def _main() -> None:

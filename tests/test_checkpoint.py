@@ -89,6 +89,22 @@ def test_truncated_file_is_refused(run_dir: Path, tmp_path: Path) -> None:
         load_checkpoint(bad)
 
 
+def test_random_bytes_are_not_a_valid_checkpoint_and_unsafe_loading_is_never_suggested(
+    tmp_path: Path,
+) -> None:
+    for i, data in enumerate([np.random.default_rng(0).bytes(4096), b"\x80\x02garbage"]):
+        bad = tmp_path / f"random_{i}.pt"
+        bad.write_bytes(data)
+        with pytest.raises(CheckpointError, match="not a valid checkpoint") as info:
+            load_checkpoint(bad)
+        assert "weights_only=False" not in str(info.value) and "pickled" not in str(info.value)
+    evil = tmp_path / "evil.pt"
+    torch.save({"model_state": {}, "x": NotATensor()}, evil)
+    with pytest.raises(CheckpointError, match="pickled objects") as info:
+        load_checkpoint(evil)
+    assert "NotATensor" in str(info.value) and "weights_only=False" not in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("mutate", "reason"),
     [

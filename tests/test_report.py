@@ -214,6 +214,7 @@ def test_report_on_real_training_runs(tmp_path: Path) -> None:
         "data.dev_size=600",
         "metrics.bootstrap=0",
         "trainer.progress=false",
+        "tracking=none",
     ]
     for seed in (1, 2):
         train_run(compose_train([*common, "poison_rate=0.05", f"seed={seed}"]))

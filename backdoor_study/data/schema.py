@@ -276,7 +276,14 @@ def read_parquet(path: str | Path, name: str | None = None) -> ClinicalDataset:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no Parquet file at {path}")
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:  # truncated, not Parquet, unreadable
+        raise DataValidationError(
+            f"{path} is not a readable Parquet file ({' '.join(str(e).split())}); it may be "
+            "truncated or of another format: rebuild it (scripts/00_to_parquet.py or "
+            "backdoor_study.data.schema.write_parquet)"
+        ) from None
     return from_table(table, name=name, source=str(path))
 
 

@@ -206,6 +206,28 @@ class CheckpointWriter:
             self._executor.shutdown(wait=True)
 
 
+def _load_failure(error: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in our words. PyTorch's own message suggests
+    retrying with ``weights_only=False``, which is never the fix here: it is not repeated."""
+    text = str(error)
+    unsafe = _UNSUPPORTED_GLOBAL.search(text)
+    if unsafe:
+        return (
+            f"it holds pickled objects other than tensors and plain values ({unsafe.group(1)}), "
+            "which are never loaded (weights_only=True); re-create the file with this package"
+        )
+    detail = _UNPICKLER_DETAIL.search(text)
+    what = " ".join(detail.group(1).split()) if detail else type(error).__name__
+    return (
+        "not a valid checkpoint: truncated or corrupt, or not written by torch.save "
+        f"({what}); use another checkpoint or train again"
+    )
+
+
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+_UNPICKLER_DETAIL = re.compile(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", re.S)
+
+
 def load_checkpoint(
     path: str | Path,
     map_location: str | torch.device = "cpu",
@@ -225,15 +247,7 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            reason = (
-                "it holds pickled objects other than tensors and plain values, which are never "
-                f"loaded (weights_only=True): {first_line}"
-            )
-        else:
-            reason = f"the file is truncated or corrupt ({type(e).__name__}: {first_line})"
-        raise CheckpointError(path, reason) from e
+        raise CheckpointError(path, _load_failure(e)) from e
     if not isinstance(state, dict):
         raise CheckpointError(
             path, f"expected a dict at the top level, found {type(state).__name__}"
