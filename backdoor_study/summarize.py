@@ -40,7 +40,7 @@ SUMMARY_CSV = "summary.csv"
 SUMMARY_PARQUET = "summary.parquet"
 KINDS = ("train", "clean_reference", "detect", "sanitize")
 # Directories under a runs root that hold no run (reports, MLflow stores, Hydra's own files).
-SKIP_DIRS = {"report", "mlruns", "mlartifacts", "artifacts", "__pycache__"}  # mlartifacts: tracking
+SKIP_DIRS = {"report", rundir.TRACKING_ARTIFACTS_DIR, "mlruns", "__pycache__"}
 # config column -> dotted key in a run's config_resolved.yaml
 CONFIG_KEYS = {
     "data": "data.name",
