@@ -673,7 +673,7 @@ def headline(k: dict[str, Any], ctx: ReportContext) -> str:
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;color:#1a1a1a;background:#fafafa}
 header{background:#0b3d5c;color:#fff;padding:14px 28px}header h1{margin:0;font-size:22px}
-header p{margin:4px 0 0;opacity:.85}main{padding:16px 28px;max-width:1400px}
+header p{margin:4px 0 0;opacity:.85}main{padding:16px 28px;max-width:1400px;box-sizing:border-box}
 .answer{font-size:17px;background:#fff;border-left:5px solid #E69F00;padding:10px 14px;margin:8px 0 14px}
 .tiles{display:flex;flex-wrap:wrap;gap:12px}.tile{background:#fff;border:1px solid #ddd;border-radius:6px;
 padding:10px 14px;min-width:190px}.tile.wide{min-width:340px}.label{font-size:12px;text-transform:uppercase;
