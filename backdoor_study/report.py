@@ -417,6 +417,16 @@ def train_sections(ctx: ReportContext) -> list[Section]:
 
 # --------------------------------------------------------------------------------------- detect / sanitize
 DETECTION_AUROC = "detection_auroc"
+# the detection table's columns (summary.csv has them all)
+DETECTION_TABLE = (
+    DETECTION_AUROC,
+    "detection_auprc",
+    "detection_tpr_at_fpr_0.05",
+    "detection_precision",
+    "detection_recall",
+    "detection_auroc_target",
+    "detection_wall_s",
+)
 
 
 def fig_detection_heatmap(ctx: ReportContext, detect: pd.DataFrame) -> Figure | None:
@@ -499,7 +509,7 @@ def detect_sections(ctx: ReportContext) -> list[Section]:
     if fig is not None:
         sec.figures.append(ctx.save("detection_heatmap", fig))
     sec.figures += saliency_images(ctx, detect)
-    shown = [c for c in detect.columns if c.startswith("detection_")]
+    shown = [c for c in DETECTION_TABLE if c in detect.columns]
     table = detect.groupby(["detector", "trigger", "poison_rate"])[shown].mean(numeric_only=True)
     sec.html = table.round(3).to_html(classes="data", border=0)
     return [sec]
