@@ -89,6 +89,7 @@ class ReportContext:
     asr_success: float = 0.9
     progress: bool = True
     figures: dict[str, Path] = field(default_factory=dict)  # name -> PNG path
+    captions: dict[str, str] = field(default_factory=dict)  # name -> what it shows, where needed
 
     def runs(self, kind: str) -> pd.DataFrame:
         if "kind" not in self.summary.columns:
@@ -479,6 +480,7 @@ def saliency_images(ctx: ReportContext, detect: pd.DataFrame) -> list[str]:
             name = f"saliency_{len(names)}"
             atomic_write_bytes(ctx.out_dir / "figures" / f"{name}.png", pngs[0].read_bytes())
             ctx.figures[name] = ctx.out_dir / "figures" / f"{name}.png"
+            ctx.captions[name] = f"Saliency attribution map (the detector's): {_title(row)}."
             names.append(name)
             continue
         arrays = sorted(d.glob("*attribution*.npy"))
@@ -696,11 +698,14 @@ nav a{margin-right:14px;color:#0072B2}.scroll{max-height:420px;overflow:auto}
 """
 
 
-def _img(name: str, path: Path) -> str:
+def _img(name: str, path: Path, caption: str = "") -> str:
     data = base64.b64encode(path.read_bytes()).decode()
+    vector = path.with_suffix(".svg")
+    link = vector if vector.exists() else path
     return (
         f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
-        f"<figcaption><a href='figures/{html.escape(name)}.svg'>{html.escape(name)}.svg</a></figcaption></figure>"
+        f"<figcaption>{html.escape(caption)} <a href='figures/{html.escape(link.name)}'>"
+        f"{html.escape(link.name)}</a></figcaption></figure>"
     )
 
 
@@ -754,7 +759,7 @@ def render_html(ctx: ReportContext, sections: list[Section], title: str) -> str:
         f"<nav style='margin-top:14px'>{nav}<a href='#stats'>Statistics</a><a href='#runs'>Runs</a></nav>",
     ]
     for i, s in enumerate(sections):
-        figs = "".join(_img(n, ctx.figures[n]) for n in s.figures)
+        figs = "".join(_img(n, ctx.figures[n], ctx.captions.get(n, "")) for n in s.figures)
         body.append(
             f"<section id='s{i}'><h2>{html.escape(s.title)}</h2><p>{html.escape(s.lead)}</p>{figs}<div class='scroll'>{s.html}</div></section>"
         )
