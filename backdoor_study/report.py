@@ -480,7 +480,7 @@ def saliency_images(ctx: ReportContext, detect: pd.DataFrame) -> list[str]:
             name = f"saliency_{len(names)}"
             atomic_write_bytes(ctx.out_dir / "figures" / f"{name}.png", pngs[0].read_bytes())
             ctx.figures[name] = ctx.out_dir / "figures" / f"{name}.png"
-            ctx.captions[name] = f"Saliency attribution map (the detector's): {_title(row)}."
+            ctx.captions[name] = f"Saliency attribution map from the detector: {_title(row)}."
             names.append(name)
             continue
         arrays = sorted(d.glob("*attribution*.npy"))

@@ -101,9 +101,12 @@ def make_runs_tree(root: Path) -> Path:
                         (d / "detection_metrics.json").write_text(
                             json.dumps({"auroc": 0.6 + 0.3 * i, "precision": 0.5, "n_flagged": 10})
                         )
-                        if det == "saliency":
-                            np.save(
-                                d / "attribution_map.npy", np.random.default_rng(0).random((5, 12))
+                        attribution = np.random.default_rng(0).random((5, 12))
+                        if det == "saliency" and trigger == "rare_value":  # an array to draw
+                            np.save(d / "attribution_map.npy", attribution)
+                        elif det == "saliency":  # the PNG detect writes: embedded as it is
+                            mpimg.imsave(
+                                d / "attribution_map.png", np.kron(attribution, np.ones((8, 8)))
                             )
                     s = run_dir / "sanitized" / "saliency"
                     s.mkdir(parents=True)
@@ -168,12 +171,14 @@ def test_report_writes_every_figure_stats_and_the_page(built_report: Path) -> No
         "confusion",
         "training_curves",
         "detection_heatmap",
-        "saliency_0",
+        "saliency_1",
         "sanitize_asr",
     )
     for name in expected:
         for ext in ("png", "svg"):
             assert (out / "figures" / f"{name}.{ext}").stat().st_size > 1000, f"{name}.{ext}"
+    # missingness (sorted first): the detector's own PNG, copied as it is, linked as PNG
+    assert (out / "figures" / "saliency_0.png").stat().st_size > 100
     st = pd.read_csv(out / "stats.csv")
     asr = st[
         (st["metric"] == "ASR") & (st["trigger"] == "rare_value") & (st["poison_rate"] == 0.05)
@@ -185,6 +190,8 @@ def test_report_writes_every_figure_stats_and_the_page(built_report: Path) -> No
     assert embedded == {p.stem for p in (out / "figures").glob("*.png")} >= set(expected)
     assert not re.search(r"""(src|href)=['"]https?:""", page)  # self-contained: nothing fetched
     assert "Best clean AUROC" in page and "Best detector" in page and "saliency" in page
+    assert "<a href='figures/saliency_0.png'>" in page
+    assert re.search(r"Saliency attribution map from the detector: \w+ · missingness · 5%", page)
     assert "mlflowmlprare_value0.05" in page  # the MLflow run id beside its run
     assert "href='../mlp/rare_value/0.05/seed_1/'" in page  # run dir links, relative to the page
 
