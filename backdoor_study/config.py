@@ -683,8 +683,8 @@ class SpectreDetectorConfig(DetectorConfig):
     name: str = "spectre"
     n_components: int = 16
     alpha: float = 4.0
-    support_fraction: float | None = None  # MinCovDet's; null = its default
-    max_fit_rows: int = 20_000  # the robust covariance is fitted on at most this many rows
+    support_fraction: float | None = 0.8  # MinCovDet's; null = its own default
+    max_fit_rows: int = 5000  # the robust covariance is fitted on at most this many rows
     random_state: int = 0
 
     def __post_init__(self) -> None:
@@ -692,12 +692,12 @@ class SpectreDetectorConfig(DetectorConfig):
         _require(
             self.n_components >= 1, "detector.n_components", self.n_components, "an integer >= 1"
         )
-        _require(self.alpha > 0, "detector.alpha", self.alpha, "a number > 0")
+        _require(self.alpha >= 0, "detector.alpha", self.alpha, "a number >= 0")
         _require(
-            self.support_fraction is None or 0.0 < self.support_fraction <= 1.0,
+            self.support_fraction is None or 0.0 < self.support_fraction < 1.0,
             "detector.support_fraction",
             self.support_fraction,
-            "null or a fraction in (0, 1]",
+            "null or a fraction in (0, 1)",
         )
         _require(
             self.max_fit_rows >= 2, "detector.max_fit_rows", self.max_fit_rows, "an integer >= 2"
