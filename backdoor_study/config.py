@@ -611,6 +611,27 @@ class SyncConfig:
     tracking: Any = MISSING
 
 
+@dataclass
+class SummarizeConfig:
+    runs_root: str = MISSING
+    progress: bool = True
+
+
+@dataclass
+class ReportConfig(SummarizeConfig):
+    out_dir: str = MISSING
+    ci: float = 0.95
+    n_resamples: int = 9999
+    alpha: float = 0.05
+    asr_success: float = 0.9
+
+    def __post_init__(self) -> None:
+        _require(0.5 < self.ci < 1.0, "ci", self.ci, "a level in (0.5, 1)")
+        _require(self.n_resamples >= 100, "n_resamples", self.n_resamples, "an integer >= 100")
+        _require(0.0 < self.alpha < 1.0, "alpha", self.alpha, "a level in (0, 1)")
+        _require(0.0 < self.asr_success <= 1.0, "asr_success", self.asr_success, "a rate in (0, 1]")
+
+
 # ---------------------------------------------------------------------------- detectors
 @dataclass
 class DetectorConfig:
@@ -849,6 +870,8 @@ def register_configs() -> None:
     cs.store(group="schema", name="train", node=TrainConfig)
     cs.store(group="schema", name="eval", node=EvalConfig)
     cs.store(group="schema", name="sync", node=SyncConfig)
+    cs.store(group="schema", name="summarize", node=SummarizeConfig)
+    cs.store(group="schema", name="report", node=ReportConfig)
     cs.store(group="schema", name="detect", node=DetectConfig)
     cs.store(group="schema", name="sanitize", node=SanitizeRunConfig)
     for name, node in DETECTOR_SCHEMAS.items():
