@@ -409,3 +409,94 @@ def summarize_seeds(values: Sequence[float] | np.ndarray, ci: float = 0.95) -> d
         else:
             low = high = mean
     return {"mean": mean, "std": std, "sem": sem, "n": n, "ci_low": low, "ci_high": high}
+
+
+DETECTION_FPRS = (0.01, 0.05)
+
+
+def _tpr_at_fpr(is_poisoned: np.ndarray, scores: np.ndarray, fpr_level: float) -> float:
+    """The highest TPR any score threshold reaches without exceeding ``fpr_level`` FPR."""
+    fpr, tpr, _ = roc_curve(is_poisoned, scores)
+    return float(tpr[fpr <= fpr_level].max())
+
+
+def _detection_block(is_poisoned: np.ndarray, scores: np.ndarray, flagged: np.ndarray) -> dict:
+    n = int(is_poisoned.size)
+    n_poisoned = int(is_poisoned.sum())
+    n_flagged = int(flagged.sum())
+    true_pos = int(np.sum(flagged & is_poisoned))
+    ranked = 0 < n_poisoned < n  # both poisoned and clean stays: ranking metrics defined
+    precision = true_pos / n_flagged if n_flagged else NAN
+    recall = true_pos / n_poisoned if n_poisoned else NAN
+    if np.isnan(precision) or np.isnan(recall):
+        f1 = NAN
+    else:
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    out = {
+        "auroc": float(roc_auc_score(is_poisoned, scores)) if ranked else NAN,
+        "auprc": float(average_precision_score(is_poisoned, scores)) if ranked else NAN,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+    }
+    for level in DETECTION_FPRS:
+        out[f"tpr_at_fpr_{level:g}"] = _tpr_at_fpr(is_poisoned, scores, level) if ranked else NAN
+    out.update(
+        flagged_fraction=n_flagged / n if n else NAN,
+        n_scored=n,
+        n_poisoned=n_poisoned,
+        n_flagged=n_flagged,
+    )
+    return out
+
+
+def detection_metrics(
+    is_poisoned: np.ndarray,
+    scores: np.ndarray,
+    flagged: np.ndarray,
+    labels: np.ndarray,
+    target_label: int | None,
+) -> dict:
+    """How well a detector finds the poisoned training stays.
+
+    Inputs, one entry per training stay: ``is_poisoned`` (N,) bool (the truth,
+    ``poisoned_indices``), ``scores`` (N,) float suspicion (higher = more suspicious),
+    ``flagged`` (N,) bool (what the detector would remove), ``labels`` (N,) the labels as trained
+    on (poisoned stays carry their new label); ``target_label`` the attack's target class, or
+    None for attacks without one.
+
+    Keys: ``auroc``, ``auprc`` of the scores against ``is_poisoned``; ``precision``, ``recall``,
+    ``f1`` of the flagged set; ``tpr_at_fpr_0.01`` / ``tpr_at_fpr_0.05`` (best TPR at that FPR);
+    ``flagged_fraction``, ``n_scored``, ``n_poisoned``, ``n_flagged``; then each again with suffix
+    ``_target`` over the stays labelled ``target_label`` only (where dirty-label poison sits, and
+    where a per-class detector has to find it). Undefined values are NaN, not an exception: on a
+    clean run (no poisoned stay) every ranking metric and recall is NaN, precision is 0 when
+    anything was flagged, and ``flagged_fraction`` is the false-positive rate.
+    """
+    is_poisoned = np.asarray(is_poisoned)
+    scores = np.asarray(scores, dtype=np.float64)
+    flagged = np.asarray(flagged)
+    labels = np.asarray(labels)
+    if scores.ndim != 1:
+        raise ValueError(f"scores must be (N,), got shape {scores.shape}")
+    n = scores.shape[0]
+    for key, arr, kind in (
+        ("is_poisoned", is_poisoned, "b"),
+        ("flagged", flagged, "b"),
+        ("labels", labels, "iu"),
+    ):
+        if arr.shape != (n,) or arr.dtype.kind not in kind:
+            raise ValueError(
+                f"{key} must be a {'bool' if kind == 'b' else 'integer'} array of shape (N,) like "
+                f"scores {scores.shape}, got {arr.dtype} {arr.shape}"
+            )
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("scores hold non-finite values; a detector must score every stay")
+    out = _detection_block(is_poisoned, scores, flagged)
+    if target_label is None:
+        target = dict.fromkeys(out, NAN)
+    else:
+        in_target = labels == int(target_label)
+        target = _detection_block(is_poisoned[in_target], scores[in_target], flagged[in_target])
+    out.update({f"{key}_target": value for key, value in target.items()})
+    return out

@@ -26,6 +26,7 @@ from backdoor_study.metrics import (
     auroc,
     bootstrap_ci,
     classification_metrics,
+    detection_metrics,
     expected_calibration_error,
     summarize_seeds,
 )
@@ -432,3 +433,70 @@ def test_select_threshold_youden_f1_and_fixed():
     with pytest.raises(ValueError, match=r"threshold='best' is invalid.*youden"):
         select_threshold(y, proba, "best")
     assert np.isnan(select_threshold(np.array([0, 1, 2]), np.eye(3), "youden"))
+
+
+# ---------------------------------------------------------------- detection metrics
+
+
+def test_detection_metrics_known_values_and_sklearn_agreement() -> None:
+    rng = np.random.default_rng(0)
+    n = 400
+    labels = (rng.random(n) < 0.4).astype(np.int64)
+    is_poisoned = np.zeros(n, dtype=bool)
+    is_poisoned[np.flatnonzero(labels == 1)[:20]] = True
+    scores = rng.standard_normal(n) + 2.0 * is_poisoned
+    flagged = scores > 1.5
+    m = detection_metrics(is_poisoned, scores, flagged, labels, target_label=1)
+    assert m["auroc"] == pytest.approx(roc_auc_score(is_poisoned, scores))
+    assert m["auprc"] == pytest.approx(average_precision_score(is_poisoned, scores))
+    assert m["precision"] == pytest.approx(precision_score(is_poisoned, flagged))
+    assert m["recall"] == pytest.approx(recall_score(is_poisoned, flagged))
+    assert m["f1"] == pytest.approx(f1_score(is_poisoned, flagged))
+    assert m["flagged_fraction"] == pytest.approx(flagged.mean())
+    assert (m["n_scored"], m["n_poisoned"], m["n_flagged"]) == (n, 20, int(flagged.sum()))
+    t = labels == 1
+    assert m["auroc_target"] == pytest.approx(roc_auc_score(is_poisoned[t], scores[t]))
+    assert m["n_scored_target"] == int(t.sum())
+    assert m["flagged_fraction_target"] == pytest.approx(flagged[t].mean())
+    assert 0.0 <= m["tpr_at_fpr_0.01"] <= m["tpr_at_fpr_0.05"] <= 1.0
+
+
+def test_detection_tpr_at_fpr_by_hand() -> None:
+    # 100 clean scores 0..99, 10 poisoned: 5 above every clean one, 5 at the bottom
+    scores = np.concatenate([np.arange(100.0), [200.0] * 5, [-1.0] * 5])
+    is_poisoned = np.arange(110) >= 100
+    m = detection_metrics(
+        is_poisoned, scores, scores > 150, np.zeros(110, dtype=np.int64), target_label=0
+    )
+    assert m["tpr_at_fpr_0.01"] == pytest.approx(0.5)  # 1 false positive allowed: still 5/10
+    assert m["tpr_at_fpr_0.05"] == pytest.approx(0.5)
+    assert m["precision"] == 1.0 and m["recall"] == 0.5
+
+
+def test_detection_metrics_on_a_clean_run_report_the_flag_rate_not_an_error() -> None:
+    n = 200
+    scores = np.linspace(0, 1, n)
+    flagged = scores > 0.9
+    labels = np.arange(n) % 2
+    m = detection_metrics(np.zeros(n, dtype=bool), scores, flagged, labels, target_label=1)
+    for key in ("auroc", "auprc", "recall", "f1", "tpr_at_fpr_0.01", "auroc_target"):
+        assert math.isnan(m[key]), key
+    assert m["precision"] == 0.0
+    assert m["flagged_fraction"] == pytest.approx(flagged.mean())
+    none_flagged = detection_metrics(
+        np.zeros(n, dtype=bool), scores, np.zeros(n, dtype=bool), labels, target_label=None
+    )
+    assert math.isnan(none_flagged["precision"]) and none_flagged["flagged_fraction"] == 0.0
+    assert math.isnan(none_flagged["auroc_target"])
+
+
+def test_detection_metrics_reject_bad_shapes() -> None:
+    ok = np.zeros(5, dtype=bool)
+    with pytest.raises(ValueError, match="is_poisoned must be a bool array"):
+        detection_metrics(np.zeros(5), np.zeros(5), ok, np.zeros(5, dtype=np.int64), 1)
+    with pytest.raises(ValueError, match="flagged must be a bool array"):
+        detection_metrics(ok, np.zeros(5), ok[:4], np.zeros(5, dtype=np.int64), 1)
+    with pytest.raises(ValueError, match=r"scores must be \(N,\)"):
+        detection_metrics(ok, np.zeros((5, 2)), ok, np.zeros(5, dtype=np.int64), 1)
+    with pytest.raises(ValueError, match="non-finite"):
+        detection_metrics(ok, np.full(5, np.nan), ok, np.zeros(5, dtype=np.int64), 1)

@@ -4,16 +4,22 @@ A detector turns an (N, D) feature matrix plus (N,) labels into (N,) suspicion s
 more suspicious, and flags a subset from those scores. The default flagging rule is the one the
 spectral-signature paper uses: per class, flag the top ``eps_multiplier x expected_rate`` of that
 class's stays, where ``expected_rate`` is the poison fraction the defender budgets for.
+
+Parameters are checked when a detector is built (``__post_init__``), so a bad value fails before
+any feature is read, with an error naming the parameter, the value and what is valid.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 
 def _check(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(features (N, D) float64, labels (N,) int64) or a ValueError naming the bad shape/value."""
     features = np.asarray(features, dtype=np.float64)
     labels = np.asarray(labels)
     if features.ndim != 2:
@@ -22,29 +28,79 @@ def _check(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nda
         raise ValueError(
             f"labels must be (N,) with N={features.shape[0]} rows of features, got {labels.shape}"
         )
+    if not np.all(np.isfinite(features)):
+        bad = np.argwhere(~np.isfinite(features))[0]
+        raise ValueError(
+            f"features hold non-finite values (first at row {bad[0]}, column {bad[1]}); "
+            "impute missing values before scoring"
+        )
     return features, labels.astype(np.int64)
+
+
+def per_class(
+    features: np.ndarray, labels: np.ndarray, score_class: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """(N,) scores from ``score_class((n_c, D) rows of one class) -> (n_c,)``, class by class.
+
+    Detectors that model "what a normal member of this class looks like" score each class on its
+    own: poison relabelled to the target class is unusual *for that class*.
+    """
+    features, labels = _check(features, labels)
+    scores = np.zeros(features.shape[0], dtype=np.float64)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        scores[idx] = score_class(features[idx])
+    return scores
+
+
+def require(ok: bool, key: str, value: Any, expected: str) -> None:
+    """Raise ValueError ``key=value is invalid: expected ...`` unless ``ok``."""
+    if not ok:
+        raise ValueError(f"{key}={value!r} is invalid: expected {expected}")
 
 
 @dataclass
 class Detector:
-    """Base class. Subclasses implement :meth:`score`; :meth:`flag` may be overridden."""
+    """Base class. Subclasses implement :meth:`score`; :meth:`flag` may be overridden.
+
+    ``eps_multiplier``: the flag budget per class is ``eps_multiplier x expected_rate`` (> 0;
+    1.5 as in Tran et al. 2018, which over-removes a little to catch most poison).
+    """
 
     eps_multiplier: float = 1.5
 
     name = "detector"
+
+    def __post_init__(self) -> None:
+        require(
+            isinstance(self.eps_multiplier, (int, float)) and self.eps_multiplier > 0,
+            "eps_multiplier",
+            self.eps_multiplier,
+            "a number > 0",
+        )
 
     def score(self, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """(N,) suspicion scores, higher = more suspicious."""
         raise NotImplementedError
 
     def flag(self, scores: np.ndarray, labels: np.ndarray, expected_rate: float) -> np.ndarray:
-        """(N,) bool: per class, the top ``eps_multiplier * expected_rate`` fraction by score."""
+        """(N,) bool: per class, the top ``eps_multiplier * expected_rate`` fraction by score.
+
+        ``expected_rate`` in (0, 1) is the poisoned fraction the defender budgets for *within a
+        class*. Dirty-label poison all sits in the target class, so a poison rate p of N stays
+        is ``p * N / n_target`` of that class; every other class then loses the same fraction
+        to false positives (on a clean run, the flag rate is exactly the budget).
+        """
         if not 0.0 < expected_rate < 1.0:
             raise ValueError(
                 f"expected_rate={expected_rate!r} is invalid: expected a fraction in (0, 1)"
             )
         scores = np.asarray(scores, dtype=np.float64)
         labels = np.asarray(labels)
+        if labels.shape != scores.shape or scores.ndim != 1:
+            raise ValueError(
+                f"scores and labels must both be (N,), got {scores.shape} and {labels.shape}"
+            )
         flagged = np.zeros(scores.shape[0], dtype=bool)
         budget = min(1.0, self.eps_multiplier * expected_rate)
         for c in np.unique(labels):

@@ -1,0 +1,145 @@
+"""Data-level detectors: outlier scores on raw (N, D) feature rows, no model needed.
+
+They suit the classic studies (feature noise, label flip) and serve as the model-free baseline
+for backdoors: a rare-value trigger (HR = 250 bpm) is an outlier in input space before any model
+sees it. Rows are whatever the caller gives (e.g. per-variable summaries of a stay, or the
+flattened normalised grid); they must be finite (impute first).
+
+By default each class is scored on its own (``per_class=True``): a stay relabelled to the target
+class is unusual *for that class* even when it is ordinary for the cohort.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.ensemble import IsolationForest
+from sklearn.neighbors import LocalOutlierFactor
+
+from backdoor_study.detectors.base import Detector, _check, per_class, require
+
+ZSCORE_REDUCTIONS = ("max", "mean_square")
+
+
+@dataclass
+class _OutlierDetector(Detector):
+    per_class: bool = True
+
+    def score(self, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """(N,) outlier scores of features (N, D) with labels (N,); higher = more unusual."""
+        features, labels = _check(features, labels)
+        if not self.per_class:
+            return self._outlier_scores(features)
+        return per_class(features, labels, self._outlier_scores)
+
+    def _outlier_scores(self, rows: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass
+class IsolationForestDetector(_OutlierDetector):
+    """scikit-learn's IsolationForest (Liu et al. 2008); score = minus ``score_samples``.
+
+    ``n_estimators`` >= 1 trees, each on ``max_samples`` rows ("auto" = min(256, n), an int >= 1
+    or a fraction in (0, 1]); ``random_state`` makes it deterministic.
+    """
+
+    n_estimators: int = 100
+    max_samples: int | float | str = "auto"
+    random_state: int = 0
+
+    name = "isolation_forest"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(
+            isinstance(self.n_estimators, int) and self.n_estimators >= 1,
+            "n_estimators",
+            self.n_estimators,
+            "an integer >= 1",
+        )
+        m = self.max_samples
+        require(
+            m == "auto"
+            or (isinstance(m, int) and not isinstance(m, bool) and m >= 1)
+            or (isinstance(m, float) and 0.0 < m <= 1.0),
+            "max_samples",
+            m,
+            "'auto', an integer >= 1 or a fraction in (0, 1]",
+        )
+
+    def _outlier_scores(self, rows: np.ndarray) -> np.ndarray:
+        if rows.shape[0] < 2:
+            return np.zeros(rows.shape[0])
+        max_samples = self.max_samples
+        if isinstance(max_samples, int):
+            max_samples = min(max_samples, rows.shape[0])
+        forest = IsolationForest(
+            n_estimators=self.n_estimators,
+            max_samples=max_samples,
+            random_state=self.random_state,
+            n_jobs=1,
+        ).fit(rows)
+        return -forest.score_samples(rows)
+
+
+@dataclass
+class LocalOutlierFactorDetector(_OutlierDetector):
+    """scikit-learn's LocalOutlierFactor (Breunig et al. 2000); score = the outlier factor.
+
+    ``n_neighbors`` >= 1 (capped at the class size minus one).
+    """
+
+    n_neighbors: int = 20
+
+    name = "local_outlier_factor"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(
+            isinstance(self.n_neighbors, int) and self.n_neighbors >= 1,
+            "n_neighbors",
+            self.n_neighbors,
+            "an integer >= 1",
+        )
+
+    def _outlier_scores(self, rows: np.ndarray) -> np.ndarray:
+        if rows.shape[0] < 3:
+            return np.zeros(rows.shape[0])
+        lof = LocalOutlierFactor(n_neighbors=min(self.n_neighbors, rows.shape[0] - 1)).fit(rows)
+        return -lof.negative_outlier_factor_
+
+
+@dataclass
+class ZScoreDetector(_OutlierDetector):
+    """Per-feature standard scores, reduced per row: ``max`` |z| (one extreme value, e.g. a
+    rare-value trigger) or ``mean_square`` (mean z^2, diffuse noise).
+
+    ``robust=True`` centres on the median and scales by 1.4826 x MAD, so the poison itself does
+    not inflate the scale it is measured against; features with zero spread score 0.
+    """
+
+    reduce: str = "max"
+    robust: bool = True
+
+    name = "zscore"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(
+            self.reduce in ZSCORE_REDUCTIONS, "reduce", self.reduce, f"one of {ZSCORE_REDUCTIONS}"
+        )
+        require(isinstance(self.robust, bool), "robust", self.robust, "true or false")
+
+    def _outlier_scores(self, rows: np.ndarray) -> np.ndarray:
+        if self.robust:
+            centre = np.median(rows, axis=0)
+            spread = 1.4826 * np.median(np.abs(rows - centre), axis=0)
+        else:
+            centre = rows.mean(axis=0)
+            spread = rows.std(axis=0)
+        z = np.divide(rows - centre, spread, out=np.zeros_like(rows), where=spread > 0)
+        if self.reduce == "max":
+            return np.abs(z).max(axis=1)
+        return np.mean(z**2, axis=1)
