@@ -574,12 +574,21 @@ class HistGradientBoostingConfig(ClassicModelConfig):
 
 
 @dataclass
-class SVMConfig(ClassicModelConfig):
+class SVCConfig:
     _target_: str = "sklearn.svm.SVC"
-    name: str = "svm"
     C: float = 1.0
     kernel: str = "rbf"
-    probability: bool = True  # metrics need class probabilities (AUROC, AUPRC)
+
+
+@dataclass
+class SVMConfig(ClassicModelConfig):
+    """An RBF SVM with probabilities from a sigmoid calibrated by internal cross-validation
+    (scikit-learn's replacement for the deprecated ``SVC(probability=True)``)."""
+
+    _target_: str = "sklearn.calibration.CalibratedClassifierCV"
+    name: str = "svm"
+    estimator: SVCConfig = field(default_factory=SVCConfig)
+    ensemble: bool = False
 
 
 @dataclass
@@ -596,11 +605,18 @@ class MitigationConfig:
     true one)."""
 
     name: str = "none"
+    detector: str | None = None  # its name in backdoor_study.detectors.DETECTORS
     expected_rate: float = 0.1
 
     def __post_init__(self) -> None:
         _require(
             self.name in MITIGATIONS, "mitigation.name", self.name, f"one of {list(MITIGATIONS)}"
+        )
+        _require(
+            (self.name == "none") == (self.detector is None),
+            "mitigation.detector",
+            self.detector,
+            "null exactly when mitigation.name is 'none'",
         )
         _require(
             0.0 < self.expected_rate < 1.0,

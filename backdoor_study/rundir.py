@@ -14,6 +14,7 @@ A run directory is self-contained: later stages (eval, detectors, reports) read 
 
 from __future__ import annotations
 
+import logging
 import platform
 import shutil
 import subprocess
@@ -25,7 +26,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from backdoor_study.training.checkpoint import list_checkpoints
-from backdoor_study.utils import read_json
+from backdoor_study.utils import atomic_write_text, read_json
+
+log = logging.getLogger("backdoor_study.rundir")
 
 METRICS_FILE = "metrics.json"
 METADATA_FILE = "run_metadata.json"
@@ -112,6 +115,27 @@ def recorded_identity(run_dir: Path) -> dict[str, Any]:
     return read_json(meta_path).get("config_identity", {}) if meta_path.exists() else {}
 
 
+def refuse_or_clear(
+    run_dir: Path, digest: str, identity: dict[str, Any], overwrite: bool
+) -> RunState:
+    """The never-clobber rule every entry point applies before writing: a run directory holding
+    a run of a different config is refused (naming the differing keys) unless ``overwrite``,
+    which clears it. Returns the directory's state afterwards (``complete`` with the same
+    digest means: skip)."""
+    state = inspect(run_dir)
+    if state.has_run and state.recorded_digest is not None and state.recorded_digest != digest:
+        if not overwrite:
+            diff = differing_keys(recorded_identity(run_dir), identity)
+            raise RunDirError(
+                f"{run_dir} holds a run with a different config (differs in: {', '.join(diff) or 'unknown'}); "
+                "choose another runs_root/run_dir, or pass overwrite=true to replace it"
+            )
+        log.warning("overwrite=true: replacing the run in %s", run_dir)
+        clear_for_overwrite(run_dir)
+        state = inspect(run_dir)
+    return state
+
+
 def clear_for_overwrite(run_dir: Path) -> None:
     """Remove a previous run's files (explicit ``overwrite=true`` only). Hydra's open log stays."""
     for p in run_dir.iterdir():
@@ -121,6 +145,28 @@ def clear_for_overwrite(run_dir: Path) -> None:
             shutil.rmtree(p)
         else:
             p.unlink()
+
+
+def write_config(run_dir: Path, cfg: DictConfig) -> None:
+    """``.hydra/config.yaml`` and ``.hydra/overrides.yaml`` (as Hydra composed them) and
+    ``config_resolved.yaml``, without the ``hydra`` node; atomic writes."""
+    container = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+    container.pop("hydra", None)
+    plain = OmegaConf.create(container)
+    atomic_write_text(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(plain))
+    atomic_write_text(
+        run_dir / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(_overrides()))
+    )
+    atomic_write_text(run_dir / RESOLVED_CONFIG_FILE, OmegaConf.to_yaml(plain, resolve=True))
+
+
+def _overrides() -> list[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # not under @hydra.main (tests call run() directly)
+        return []
 
 
 def git_commit() -> dict[str, Any]:

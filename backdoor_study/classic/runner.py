@@ -1,0 +1,262 @@
+"""One classic run: config -> poisoned table -> (sanitised) fit -> run directory.
+
+Run directory ``{runs_root}/{data}/{model}/{attack}/{poison_rate}/seed_{seed}[/{mitigation}]``,
+with train's rules (``rundir.refuse_or_clear``: a completed run of the same config is skipped, a
+different config refused unless ``overwrite=true``; nothing is written before the config is valid
+and the directory checked; every file written atomically, ``metrics.json`` last):
+
+- ``.hydra/``, ``config_resolved.yaml``, ``run_metadata.json`` (config identity and digest, data
+  digest, split digest, versions, git commit, timings, status)
+- ``split.json`` (train / test stay ids), ``poisoned_indices.npy`` (positions into the training
+  split, as train writes them), ``poison.json``
+- ``flagged_indices.npy`` (positions into the training split; with a mitigation)
+- ``confusion_matrix.png``, ``model/`` (the fitted pipeline in MLflow's sklearn format, with a
+  signature; ``save_model=true``)
+- ``metrics.json``
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+import tempfile
+import time
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+from sklearn.pipeline import Pipeline
+
+from backdoor_study import rundir
+from backdoor_study.classic.core import as_table, fit_and_score, load_table, sanitise
+from backdoor_study.data.splits import holdout_split
+from backdoor_study.poison import poison_dataset
+from backdoor_study.utils import atomic_write_bytes, read_json, sha256_json, write_json
+
+log = logging.getLogger("backdoor_study.classic")
+
+# MLflow saves sklearn models with skops (no arbitrary pickle). Our own pipelines hold these
+# types beyond skops' default trusted set (tree node arrays, HistGradientBoosting predictors);
+# we wrote the files ourselves, so loading them back is trusted.
+SKOPS_TRUSTED_TYPES = [
+    "numpy.dtype",
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.tree._tree.Tree",
+]
+MODEL_REQUIREMENTS = ("scikit-learn", "numpy", "scipy", "skops", "mlflow")
+
+# config nodes that only other studies read: not part of a single run's identity
+STUDY_ONLY_KEYS = {
+    "single": ("curve", "paradox", "save_model"),
+    "data_quantity_quality": ("paradox", "poison_rate", "mitigation", "seed", "save_model"),
+    "accuracy_paradox": (
+        "curve",
+        "poison_rate",
+        "mitigation",
+        "attack",
+        "seed",
+        "save_model",
+        "model",
+        "data",
+    ),
+}
+
+
+def identity(cfg: DictConfig) -> dict[str, Any]:
+    """``rundir.config_identity`` minus the keys this study does not read."""
+    ident = rundir.config_identity(cfg)
+    for key in STUDY_ONLY_KEYS[str(cfg.study)]:
+        ident.pop(key, None)
+    return ident
+
+
+def begin(cfg: DictConfig) -> tuple[Path, str, dict[str, Any], dict[str, Any] | None]:
+    """Check the run directory: (run_dir, digest, identity, metrics of a completed same-config
+    run to skip with, or None to run)."""
+    run_dir = Path(cfg.run_dir)
+    ident = identity(cfg)
+    digest = sha256_json(ident)
+    state = rundir.refuse_or_clear(run_dir, digest, ident, bool(cfg.overwrite))
+    if state.complete and state.recorded_digest == digest:
+        log.info("run %s already complete with this config: skipped", run_dir)
+        return run_dir, digest, ident, {**read_json(run_dir / rundir.METRICS_FILE), "skipped": True}
+    return run_dir, digest, ident, None
+
+
+def start_run_dir(
+    cfg: DictConfig, run_dir: Path, digest: str, ident: dict[str, Any], data: dict[str, Any]
+) -> dict[str, Any]:
+    """Create the directory with its config files and a ``running`` metadata record."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rundir.write_config(run_dir, cfg)
+    metadata = {
+        "status": "running",
+        "study": str(cfg.study),
+        "config_digest": digest,
+        "config_identity": ident,
+        "data": data,
+        "environment": rundir.environment(),
+        "timings": {},
+    }
+    write_json(run_dir / rundir.METADATA_FILE, metadata)
+    return metadata
+
+
+def finish_run_dir(
+    run_dir: Path, metadata: dict[str, Any], metrics: dict[str, Any], started: float
+) -> None:
+    metadata["status"] = "complete"
+    metadata["timings"]["total_s"] = time.time() - started
+    write_json(run_dir / rundir.METADATA_FILE, metadata)
+    write_json(run_dir / rundir.METRICS_FILE, metrics)  # last: marks the run complete
+
+
+def run_single(cfg: DictConfig) -> dict[str, Any]:
+    """One fit at ``poison_rate`` with ``mitigation``; returns (and writes) its metrics."""
+    run_dir, digest, ident, skipped = begin(cfg)
+    if skipped is not None:
+        return skipped
+    started = time.time()
+    seed = int(cfg.seed)
+    table = load_table(cfg.data)
+    ds = table.dataset
+    train_idx, test_idx = holdout_split(ds, float(cfg.test_size), seed)
+    result = poison_dataset(
+        ds,
+        train_idx,
+        attack_cfg=cfg.attack,
+        trigger_cfg=None,
+        poison_rate=float(cfg.poison_rate),
+        seed=seed,
+    )
+    poisoned = as_table(result.dataset, table.source)
+    x_train, y_train = poisoned.x[train_idx], poisoned.y[train_idx]
+    keep = np.ones(train_idx.size, dtype=bool)
+    detection: dict[str, Any] = {}
+    if cfg.mitigation.name != "none":
+        flagged, detection = sanitise(
+            cfg.mitigation, x_train, y_train, result.poisoned_indices, seed
+        )
+        keep = ~flagged
+    pipeline, metrics = fit_and_score(
+        cfg.model,
+        x_train[keep],
+        y_train[keep],
+        poisoned.x[test_idx],
+        poisoned.y[test_idx],
+        n_classes=ds.n_classes,
+        seed=seed,
+        class_weighting=bool(cfg.class_weighting),
+    )
+    fit_s = time.time() - started
+    metrics |= detection
+    metrics |= {
+        "n_train": int(train_idx.size),
+        "n_test": int(test_idx.size),
+        "n_poisoned": int(result.poisoned_indices.size),
+        "n_removed": int((~keep).sum()),
+        "n_poisoned_removed": int((~keep)[result.poisoned_indices].sum()),
+        "n_fitted": int(keep.sum()),
+    }
+
+    metadata = start_run_dir(
+        cfg,
+        run_dir,
+        digest,
+        ident,
+        {
+            "name": ds.name,
+            "digest": ds.digest(),
+            "n_stays": ds.n_stays,
+            "source": table.source,
+            "poisoned_digest": result.dataset.digest(),
+        },
+    )
+    split = {
+        "seed": seed,
+        "test_size": float(cfg.test_size),
+        "stay_ids": {
+            "train": ds.stay_id[train_idx].tolist(),
+            "test": ds.stay_id[test_idx].tolist(),
+        },
+    }
+    split["split_digest"] = sha256_json(split["stay_ids"])
+    metadata["split_digest"] = split["split_digest"]
+    write_json(run_dir / "split.json", split)
+    _write_npy(run_dir / "poisoned_indices.npy", result.poisoned_indices)
+    write_json(run_dir / "poison.json", result.details)
+    if cfg.mitigation.name != "none":
+        _write_npy(run_dir / "flagged_indices.npy", np.flatnonzero(~keep))
+    write_confusion_matrix(
+        run_dir / "confusion_matrix.png",
+        metrics["confusion_matrix_test"],
+        ds.class_names,
+        title=f"{ds.name} {cfg.model.name} {cfg.attack.name} {float(cfg.poison_rate):g}"
+        f" seed {seed} ({cfg.mitigation.name})",
+    )
+    if cfg.save_model:
+        save_sklearn_model(run_dir / "model", pipeline, x_train[keep])
+    metadata["timings"]["fit_and_score_s"] = fit_s
+    finish_run_dir(run_dir, metadata, metrics, started)
+    log.info("run complete: %s acc_test=%.4f", run_dir, metrics["acc_test"])
+    return metrics
+
+
+def _write_npy(path: Path, arr: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(arr, dtype=np.int64))
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_confusion_matrix(
+    path: Path, matrix: list[list[int]], class_names: list[str], title: str
+) -> None:
+    """The confusion matrix (rows true, columns predicted) as a PNG, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=class_names).plot(
+        ax=ax, colorbar=False
+    )
+    ax.set_title(title, fontsize=8)
+    if len(class_names) > 3:
+        ax.tick_params(axis="x", labelrotation=45)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_sklearn_model(path: Path, pipeline: Pipeline, x_example: np.ndarray) -> None:
+    """The fitted pipeline in MLflow's sklearn format (``mlflow.sklearn.load_model`` reads it
+    back), with a signature inferred from the training rows; replaced as a whole directory."""
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(x_example, pipeline.predict(x_example))
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        mlflow.sklearn.save_model(
+            pipeline,
+            tmp / "model",
+            signature=signature,
+            skops_trusted_types=SKOPS_TRUSTED_TYPES,
+            # stated, not inferred: inference imports every loaded package (seconds per model)
+            pip_requirements=[
+                f"{pkg}=={importlib_metadata.version(pkg)}" for pkg in MODEL_REQUIREMENTS
+            ],
+        )
+        if path.exists():
+            shutil.rmtree(path)
+        (tmp / "model").rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
