@@ -1,0 +1,224 @@
+"""The classic sklearn study: one run per config into a run directory, poisoning that behaves,
+sanitisation that finds feature noise, and bad input refused with the key and the choices."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
+from omegaconf import DictConfig
+from scipy import stats
+
+from backdoor_study.classic import run
+from backdoor_study.classic.__main__ import CLASSIC_CONF_DIR
+from backdoor_study.classic.core import as_table, fit_and_score, load_table
+from backdoor_study.config import CONF_DIR, ConfigError
+from backdoor_study.data.schema import DataValidationError
+from backdoor_study.data.sklearn_tables import load_table as load_sklearn_table
+from backdoor_study.data.splits import holdout_split
+from backdoor_study.rundir import RunDirError
+from backdoor_study.utils import read_json
+from tests.conftest import REPO_ROOT
+
+
+def classic_cfg(tmp_path, *overrides: str) -> DictConfig:
+    with initialize_config_dir(str(CLASSIC_CONF_DIR), version_base="1.3"):
+        return compose(
+            "classic", overrides=[f"runs_root={tmp_path}", "save_model=false", *overrides]
+        )
+
+
+def test_single_run_writes_the_run_directory_and_skips_a_rerun(tmp_path):
+    cfg = classic_cfg(
+        tmp_path,
+        "data=iris",
+        "model=logreg",
+        "attack=feature_noise",
+        "poison_rate=0.1",
+        "seed=0",
+        "save_model=true",
+    )
+    metrics = run(cfg)
+    run_dir = tmp_path / "iris" / "logreg" / "feature_noise" / "0.1" / "seed_0"
+    for name in (
+        "config_resolved.yaml",
+        "run_metadata.json",
+        "split.json",
+        "poisoned_indices.npy",
+        "poison.json",
+        "confusion_matrix.png",
+        "model/MLmodel",
+        "metrics.json",
+    ):
+        assert (run_dir / name).exists(), name
+    assert read_json(run_dir / "metrics.json") == metrics
+    for key in (
+        "acc_train",
+        "acc_test",
+        "balanced_acc_test",
+        "precision_macro_test",
+        "recall_weighted_test",
+        "f1_weighted_test",
+        "train_test_gap",
+    ):
+        assert 0.0 <= metrics[key] <= 1.0 or key == "train_test_gap", key
+    assert metrics["train_test_gap"] == pytest.approx(metrics["acc_train"] - metrics["acc_test"])
+    # 70/30 split of 150 rows; 10% of the 105 training rows poisoned
+    assert (metrics["n_train"], metrics["n_test"], metrics["n_poisoned"]) == (105, 45, 10)
+    assert np.load(run_dir / "poisoned_indices.npy").size == 10
+    assert read_json(run_dir / "run_metadata.json")["status"] == "complete"
+
+    import mlflow.sklearn
+
+    model = mlflow.sklearn.load_model(str(run_dir / "model"))
+    ds = load_sklearn_table("iris")
+    _, test_idx = holdout_split(ds, 0.3, 0)
+    pred = model.predict(ds.static_num[test_idx])
+    assert np.mean(pred == ds.y[test_idx]) == pytest.approx(metrics["acc_test"])
+
+    again = run(cfg)
+    assert again.pop("skipped") is True and again == metrics
+
+
+def test_a_different_config_in_the_same_directory_is_refused(tmp_path):
+    run(classic_cfg(tmp_path, "poison_rate=0.1"))
+    with pytest.raises(RunDirError, match="attack.noise_std"):
+        run(classic_cfg(tmp_path, "poison_rate=0.1", "attack.noise_std=3.0"))
+    assert run(classic_cfg(tmp_path, "poison_rate=0.1", "attack.noise_std=3.0", "overwrite=true"))
+
+
+@pytest.mark.parametrize("model", ["logreg", "random_forest", "decision_tree", "svm"])
+def test_level_zero_equals_the_clean_run_exactly(tmp_path, model):
+    """poison_rate=0 under either attack is the clean model: same metrics as fitting the clean
+    split directly."""
+    flip = run(classic_cfg(tmp_path, f"model={model}", "attack=label_flip", "seed=3"))
+    noise = run(classic_cfg(tmp_path, f"model={model}", "attack=feature_noise", "seed=3"))
+    assert flip["n_poisoned"] == noise["n_poisoned"] == 0
+    table = load_table(classic_cfg(tmp_path).data)
+    train_idx, test_idx = holdout_split(table.dataset, 0.3, 3)
+    _, clean = fit_and_score(
+        classic_cfg(tmp_path, f"model={model}").model,
+        table.x[train_idx],
+        table.y[train_idx],
+        table.x[test_idx],
+        table.y[test_idx],
+        n_classes=table.dataset.n_classes,
+        seed=3,
+    )
+    keys = [k for k in clean]
+    assert {k: flip[k] for k in keys} == {k: noise[k] for k in keys} == clean
+
+
+def test_half_the_labels_flipped_lowers_mean_iris_accuracy_clearly(tmp_path):
+    seeds = range(6)
+    acc = {
+        rate: np.array(
+            [
+                run(
+                    classic_cfg(
+                        tmp_path,
+                        "model=decision_tree",
+                        "attack=label_flip",
+                        f"poison_rate={rate}",
+                        f"seed={s}",
+                    )
+                )["acc_test"]
+                for s in seeds
+            ]
+        )
+        for rate in (0.0, 0.5)
+    }
+    assert acc[0.0].mean() > 0.9
+    assert acc[0.0].mean() - acc[0.5].mean() > 0.15
+    assert stats.ttest_rel(acc[0.0], acc[0.5]).pvalue < 0.01
+
+
+@pytest.mark.parametrize("mitigation", ["isolation_forest", "lof", "zscore"])
+def test_each_mitigation_finds_ten_percent_feature_noise_better_than_chance(tmp_path, mitigation):
+    """Chance (flagging at random) has precision = the poison rate (0.1) and AUROC 0.5."""
+    for seed in (0, 1):
+        m = run(
+            classic_cfg(
+                tmp_path,
+                "data=breast_cancer",
+                "model=logreg",
+                "attack=feature_noise",
+                "poison_rate=0.1",
+                f"mitigation={mitigation}",
+                f"seed={seed}",
+            )
+        )
+        assert m["detection_precision"] > 0.3, (seed, m["detection_precision"])
+        assert m["detection_auroc"] > 0.75, (seed, m["detection_auroc"])
+        assert m["n_removed"] == m["detection_n_flagged"] > 0
+        assert m["n_fitted"] == m["n_train"] - m["n_removed"]
+    run_dir = (
+        tmp_path / "breast_cancer" / "logreg" / "feature_noise" / "0.1" / "seed_1" / mitigation
+    )
+    assert np.load(run_dir / "flagged_indices.npy").size == m["n_removed"]
+
+
+def test_unknown_model_is_refused_listing_the_options(tmp_path):
+    with pytest.raises(MissingConfigException, match="logreg"):
+        classic_cfg(tmp_path, "model=gradient_magic")
+
+
+def test_a_torch_model_is_refused_by_the_classic_study(tmp_path):
+    with pytest.raises(ConfigError, match=r"model.name='mlp'.*logreg"):
+        run(classic_cfg(tmp_path, "model=mlp"))
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("rate", ["1.0", "-0.1", "1.5"])
+def test_poison_rate_outside_zero_one_is_refused(tmp_path, rate):
+    with pytest.raises(ConfigError, match=r"poison_rate=.*\[0, 1\)"):
+        run(classic_cfg(tmp_path, f"poison_rate={rate}"))
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_table_with_one_class_is_refused():
+    ds = load_sklearn_table("iris")
+    one_class = ds.subset(np.flatnonzero(ds.y == 0))
+    with pytest.raises(DataValidationError, match="single class.*setosa"):
+        as_table(one_class)
+    with pytest.raises(DataValidationError, match="single class"):
+        holdout_split(one_class, 0.3, 0)
+
+
+def test_sklearn_models_are_not_offered_to_train():
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        with pytest.raises(MissingConfigException, match="mlp"):
+            compose("train", overrides=["model=logreg"])
+
+
+@pytest.mark.slow
+def test_cli_single_run_and_multirun(tmp_path):
+    base = [sys.executable, "-m", "backdoor_study.classic", f"runs_root={tmp_path}"]
+    out = subprocess.run(
+        [*base, "data=iris", "model=logreg", "attack=feature_noise", "poison_rate=0.1", "seed=0"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "done:" in out.stdout
+    subprocess.run(
+        [
+            *base,
+            "-m",
+            "model=logreg,decision_tree",
+            "attack=label_flip",
+            "poison_rate=0,0.5",
+            "seed=range(2)",
+            "save_model=false",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert len(list(tmp_path.rglob("metrics.json"))) == 1 + 2 * 2 * 2
