@@ -475,9 +475,36 @@ class MetricsConfig:
         _require(self.ece_bins >= 2, "metrics.ece_bins", self.ece_bins, "an integer >= 2")
 
 
+TRACKERS = ("none", "mlflow")
+
+
 @dataclass
 class TrackingConfig:
+    """Experiment tracking (``backdoor_study.tracking``). The run directory is always written;
+    tracking only mirrors it into a store, and never fails a run."""
+
     name: str = "none"
+    # null: $MLFLOW_TRACKING_URI, else sqlite:///{runs_root}/mlflow.db with artifacts beside it
+    uri: str | None = None
+    experiment: str = "backdoor_study"
+    # Also log final_model.pt (our weights-only checkpoint) as an artifact.
+    log_model: bool = False
+    # An unreachable server must not stall a run: few retries, short timeouts.
+    http_timeout_s: int = 10
+    http_retries: int = 1
+
+    def __post_init__(self) -> None:
+        _require(self.name in TRACKERS, "tracking.name", self.name, f"one of {list(TRACKERS)}")
+        _require(bool(self.experiment), "tracking.experiment", self.experiment, "a non-empty name")
+        _require(
+            self.http_timeout_s >= 1,
+            "tracking.http_timeout_s",
+            self.http_timeout_s,
+            "an integer >= 1",
+        )
+        _require(
+            self.http_retries >= 0, "tracking.http_retries", self.http_retries, "an integer >= 0"
+        )
 
 
 @dataclass
@@ -716,6 +743,15 @@ class EvalConfig:
     run_dir: str = MISSING
     device: Device = Device.auto
     checkpoint: str | None = None  # default: the final weights the run wrote
+    tracking: Any = None
+
+
+@dataclass
+class SyncConfig:
+    """``python -m backdoor_study.sync``: log finished run directories to a tracking store."""
+
+    runs_root: str = "runs"
+    tracking: Any = MISSING
 
 
 def register_configs() -> None:
@@ -724,6 +760,7 @@ def register_configs() -> None:
     cs.store(group="schema", name="train", node=TrainConfig)
     cs.store(group="schema", name="eval", node=EvalConfig)
     cs.store(group="schema", name="classic", node=ClassicConfig)
+    cs.store(group="schema", name="sync", node=SyncConfig)
     for group, name, node in [
         ("schema/data", "synthetic", SyntheticDataConfig),
         ("schema/data", "physionet2012", PhysioNet2012DataConfig),

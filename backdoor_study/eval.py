@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from backdoor_study import rundir
+from backdoor_study import rundir, tracking
 from backdoor_study.config import CONF_DIR
 from backdoor_study.experiment import prepare
 from backdoor_study.models.base import build_model
@@ -91,6 +91,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "metrics": metrics,
     }
     write_json(run_dir / "eval_metrics.json", result)
+    parent, recorded_uri = tracking.train_run_id(run_dir)
+    with tracking.start(
+        cfg,
+        "eval",
+        run_dir,
+        config_digest=metadata["config_digest"],
+        run_cfg=run_cfg,
+        parent_run_id=parent,
+        recorded_uri=recorded_uri,
+    ) as tracker:
+        tracking.log_eval_run(tracker, run_dir, result, run_dir / "eval_metrics.json")
     return result
 
 

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from backdoor_study import rundir
+from backdoor_study import rundir, sweep, tracking
 from backdoor_study.config import CONF_DIR, validate
 from backdoor_study.experiment import Prepared, prepare
 from backdoor_study.metrics import attack_metrics, classification_metrics, predict, select_threshold
@@ -80,8 +80,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         metrics = read_json(run_dir / rundir.METRICS_FILE)
         return {**metrics, "skipped": True}
 
-    with _RunLog() as run_log:
-        return _train(cfg, run_dir, digest, identity, resume_from, run_log)
+    with (
+        _RunLog() as run_log,
+        tracking.start(cfg, "train", run_dir, config_digest=digest) as tracker,
+    ):
+        metrics = _train(cfg, run_dir, digest, identity, resume_from, run_log)
+        tracking.log_train_run(tracker, run_dir, log_model=bool(cfg.tracking.get("log_model")))
+    return metrics
 
 
 def _train(
@@ -449,8 +454,10 @@ def _main() -> None:
     import hydra
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-    def main(cfg: DictConfig) -> None:
-        metrics = run(cfg)
+    def main(cfg: DictConfig) -> float | None:
+        metrics = sweep.run_job(cfg, run)
+        if metrics is None:  # a failed job of a sweep, reported at the sweep's end
+            return None
         keys = [
             "auroc_clean",
             "auprc_clean",
@@ -463,6 +470,7 @@ def _main() -> None:
         print(
             f"{'skipped (already complete)' if metrics.get('skipped') else 'done'}: {cfg.run_dir} {shown}"
         )
+        return metrics.get("best_val_auroc")  # the objective of hydra/sweeper=optuna
 
     main()
 

@@ -15,6 +15,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PHYSIONET_ENV = "BACKDOOR_STUDY_PHYSIONET_DIR"
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# Tracking is on by default (tracking=mlflow); only the tracking tests pay for a store.
+os.environ.setdefault("BACKDOOR_STUDY_TRACKING", "none")
 torch.set_num_threads(1)  # the machines are shared: keep tests from fighting over cores
 
 

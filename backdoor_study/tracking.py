@@ -1,0 +1,564 @@
+"""Experiment tracking with MLflow, in one place: no other module imports mlflow.
+
+A run directory is the record of a run; tracking mirrors it into an MLflow store so hundreds of runs
+can be searched and compared. Tracking never costs a result: a store that cannot be opened, is
+locked or goes away mid-run turns every call into a warning and a no-op, the run directory is
+still written complete, and ``python -m backdoor_study.sync`` logs it afterwards.
+
+Entry points call :func:`start` (a context manager yielding a :class:`Tracker`) around the work
+and :func:`log_train_run` / :func:`log_eval_run` once the run directory is written; ``sync`` calls
+the same two functions on finished run directories, so a run logged live and one synced later
+look the same. One MLflow run per (kind, run directory, config digest): a resumed or re-logged run
+reuses it, so re-running a sweep or ``sync`` never adds runs.
+
+Store: ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///{runs_root}/mlflow.db``
+with artifacts in ``{runs_root}/mlartifacts``. Creating a fresh SQLite store takes seconds and is
+not safe under concurrent creators, so multirun sweeps create it once in the launching process
+(:func:`prepare_store`, called by ``backdoor_study.sweep.SweepCallback``).
+
+``BACKDOOR_STUDY_TRACKING=none`` turns tracking off whatever the config says (the test suite sets
+it so that only tracking tests pay for a store).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from backdoor_study import rundir
+from backdoor_study.utils import read_json, write_json
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+log = logging.getLogger("backdoor_study.tracking")
+
+TRACKING_ENV = "BACKDOOR_STUDY_TRACKING"
+STORE_FILE = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+TAG = "backdoor_study."  # prefix of our own tags
+KINDS = ("train", "eval", "detect", "sanitize")
+# Run directory files logged as artifacts when present.
+RUN_ARTIFACTS = (
+    rundir.RESOLVED_CONFIG_FILE,
+    rundir.METADATA_FILE,
+    rundir.METRICS_FILE,
+    "experiment_summary.csv",
+    "history.csv",
+    "poison.json",
+)
+MLFLOW_DIGEST_LEN = 36  # MLflow's dataset digest column; the full sha256 goes in a tag
+PARAM_VALUE_MAX = 6000
+
+
+class TrackingError(RuntimeError):
+    """The tracking store could not be used (always caught and turned into a warning)."""
+
+
+# --------------------------------------------------------------------------------------- config
+def enabled(cfg: DictConfig | None) -> bool:
+    """Whether ``cfg.tracking`` asks for MLflow (and ``BACKDOOR_STUDY_TRACKING`` does not veto)."""
+    if os.environ.get(TRACKING_ENV, "").lower() == "none":
+        return False
+    tracking = OmegaConf.select(cfg, "tracking") if cfg is not None else None
+    return tracking is not None and str(tracking.get("name", "none")) == "mlflow"
+
+
+def store_uri(
+    tracking: DictConfig, runs_root: str | Path | None, recorded: str | None = None
+) -> str:
+    """Where runs are logged: ``tracking.uri``, ``$MLFLOW_TRACKING_URI``, the store a training run
+    recorded (``recorded``, for eval/detect/sanitize), else the SQLite file in ``runs_root``."""
+    if tracking.get("uri"):
+        return str(tracking.uri)
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    if recorded:
+        return recorded
+    if runs_root is None:
+        raise TrackingError("no tracking store: set tracking.uri or MLFLOW_TRACKING_URI")
+    return f"sqlite:///{Path(runs_root).resolve() / STORE_FILE}"
+
+
+def _artifact_location(uri: str) -> str | None:
+    """A SQLite store keeps artifacts beside its file; a server decides its own artifact root."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :])
+        return (db.parent / ARTIFACTS_DIR).resolve().as_uri()
+    return None
+
+
+def _client(tracking: DictConfig, uri: str) -> Any:
+    os.environ.setdefault(
+        "MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(tracking.get("http_timeout_s", 10)))
+    )
+    os.environ.setdefault(
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(int(tracking.get("http_retries", 1)))
+    )
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri)
+
+
+def _experiment_id(client: Any, name: str, uri: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name, artifact_location=_artifact_location(uri))
+        except MlflowException as e:  # created meanwhile by a parallel job
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise e
+    if exp.lifecycle_stage != "active":
+        raise TrackingError(
+            f"tracking.experiment={name!r} is deleted in {uri}; restore it or choose another name"
+        )
+    return exp.experiment_id
+
+
+def open_experiment(tracking: DictConfig, uri: str) -> tuple[Any, str]:
+    """An MLflow client on ``uri`` and the id of ``tracking.experiment`` (created if absent).
+    Raises when the store cannot be used: callers that must not fail catch it."""
+    client = _client(tracking, uri)
+    return client, _experiment_id(client, str(tracking.experiment), uri)
+
+
+def prepare_store(cfg: DictConfig) -> str | None:
+    """Create the store and the experiment now (before parallel jobs start); the experiment id,
+    or None (with a warning) when tracking is off or the store cannot be opened."""
+    if not enabled(cfg):
+        return None
+    try:
+        return open_experiment(cfg.tracking, store_uri(cfg.tracking, cfg.get("runs_root")))[1]
+    except Exception as e:  # noqa: BLE001 - tracking must never stop the work
+        _warn_unavailable(e)
+        return None
+
+
+def _warn_unavailable(err: BaseException) -> None:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    log.warning(
+        "MLflow tracking unavailable (%s: %s); the run directory is written as usual: "
+        "log it later with `python -m backdoor_study.sync runs_root=...`",
+        type(err).__name__,
+        first[:300],
+    )
+
+
+# --------------------------------------------------------------------------------------- tracker
+class Tracker:
+    """No tracking: every call does nothing. ``run_id`` is None."""
+
+    run_id: str | None = None
+    uri: str | None = None
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Flattened config values (dotted keys)."""
+
+    def log_epoch(self, metrics: dict[str, Any], step: int) -> None:
+        """Per-epoch metrics at ``step`` (the epoch number)."""
+
+    def log_final(self, metrics: dict[str, Any]) -> None:
+        """Final scalar metrics (non-numeric values are skipped)."""
+
+    def log_artifacts(self, paths: Iterable[Path], artifact_path: str | None = None) -> None:
+        """Files that exist among ``paths``."""
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        """A matplotlib figure, saved as PNG under ``figures/``."""
+
+    def log_dataset(self, name: str, digest: str, source: dict[str, Any], context: str) -> None:
+        """The data as an MLflow input carrying our own full-content digest."""
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        """String tags."""
+
+
+class MlflowTracker(Tracker):
+    """One MLflow run. Any store error disables the tracker with one warning; the run goes on."""
+
+    def __init__(self, client: Any, run_id: str, uri: str) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.uri = uri
+        self.failed = False
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        if self.failed:
+            yield
+            return
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - tracking must never stop the work
+            self.failed = True
+            _warn_unavailable(e)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        with self._guard():
+            if self.failed:
+                return
+            have = self.client.get_run(self.run_id).data.params
+            todo = [Param(k, v) for k, v in params.items() if k not in have]
+            for i in range(0, len(todo), 100):  # MLflow's per-call limit
+                self.client.log_batch(self.run_id, params=todo[i : i + 100])
+
+    def log_epoch(self, metrics: dict[str, Any], step: int) -> None:
+        self._log_metrics(metrics, step)
+
+    def log_final(self, metrics: dict[str, Any]) -> None:
+        self._log_metrics(metrics, 0)
+
+    def _log_metrics(self, metrics: dict[str, Any], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        with self._guard():
+            if self.failed:
+                return
+            now = int(time.time() * 1000)
+            batch = [Metric(k, float(v), now, int(step)) for k, v in _scalars(metrics).items()]
+            for i in range(0, len(batch), 1000):
+                self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
+
+    def log_artifacts(self, paths: Iterable[Path], artifact_path: str | None = None) -> None:
+        with self._guard():
+            if self.failed:
+                return
+            for p in paths:
+                if Path(p).is_file():
+                    self.client.log_artifact(self.run_id, str(p), artifact_path)
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        with self._guard():
+            if self.failed:
+                return
+            self.client.log_figure(self.run_id, figure, f"figures/{name}.png")
+
+    def log_dataset(self, name: str, digest: str, source: dict[str, Any], context: str) -> None:
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        with self._guard():
+            if self.failed:
+                return
+            if any(
+                d.dataset.digest == digest[:MLFLOW_DIGEST_LEN]
+                for d in self.client.get_run(self.run_id).inputs.dataset_inputs
+            ):
+                return
+            # MLflow's own digests hash only the first rows of a dataset, which would miss
+            # poisoning: ours is a sha256 over every array (ClinicalDataset.digest()).
+            ds = MetaDataset(_data_source(source), name=name, digest=digest[:MLFLOW_DIGEST_LEN])
+            tags = [InputTag("mlflow.data.context", context), InputTag(f"{TAG}data_digest", digest)]
+            self.client.log_inputs(self.run_id, [DatasetInput(ds._to_mlflow_entity(), tags)])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        with self._guard():
+            if self.failed:
+                return
+            for k, v in tags.items():
+                if v is not None:
+                    self.client.set_tag(self.run_id, k, str(v))
+
+    def end(self, status: str) -> None:
+        with self._guard():
+            if not self.failed:
+                self.client.set_terminated(self.run_id, status)
+
+
+def _data_source(files: dict[str, Any]) -> Any:
+    """The files a dataset was read from (and their sha256), as an MLflow dataset source."""
+    from mlflow.data.dataset_source import DatasetSource
+
+    class ClinicalDataSource(DatasetSource):
+        def __init__(self, files: dict[str, Any]) -> None:
+            self._files = files
+
+        @staticmethod
+        def _get_source_type() -> str:
+            return "backdoor_study"
+
+        def load(self, **kwargs: Any) -> Any:
+            raise NotImplementedError("rebuild the data from the run directory's config")
+
+        @staticmethod
+        def _can_resolve(raw_source: Any) -> bool:
+            return False
+
+        @classmethod
+        def _resolve(cls, raw_source: Any) -> ClinicalDataSource:
+            raise NotImplementedError
+
+        def to_dict(self) -> dict[str, Any]:
+            return {"files": self._files}
+
+        @classmethod
+        def from_dict(cls, source_dict: dict[str, Any]) -> ClinicalDataSource:
+            return cls(source_dict.get("files", {}))
+
+    return ClinicalDataSource(json.loads(json.dumps(files, default=str)))
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool):
+            out[k] = float(v)
+        elif isinstance(v, (int, float, np.integer, np.floating)) and not (
+            isinstance(v, float) and math.isinf(v)
+        ):
+            out[k] = float(v)
+    return out
+
+
+def flatten(container: Any, prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"model.hidden_sizes": "[128, 64]", ...}`` (MLflow params)."""
+    out: dict[str, str] = {}
+    if isinstance(container, dict):
+        for k, v in container.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    text = (
+        json.dumps(container) if isinstance(container, (list, type(None), bool)) else str(container)
+    )
+    out[prefix.rstrip(".")] = text[:PARAM_VALUE_MAX]
+    return out
+
+
+# --------------------------------------------------------------------------------------- runs
+def run_name(run_cfg: DictConfig | dict[str, Any], kind: str = "train") -> str:
+    """``lstm-rare_value-0.01-s42``; other kinds are prefixed (``eval-lstm-...``)."""
+    c = run_cfg
+    name = f"{c['model']['name']}-{c['attack']['tag']}-{c['poison_rate']}-s{c['seed']}"
+    return name if kind == "train" else f"{kind}-{name}"
+
+
+def run_tags(run_cfg: DictConfig | dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
+    """Tags that find a run in the UI: what was attacked how, on which data, by which code."""
+    c = run_cfg
+    commit = metadata.get("environment", {}).get("git", {}).get("commit")
+    return {
+        "model": c["model"]["name"],
+        "trigger": c["trigger"]["name"],
+        "attack": c["attack"]["name"],
+        "poison_rate": c["poison_rate"],
+        "seed": c["seed"],
+        "data": c["data"]["name"],
+        "data_digest": metadata.get("data", {}).get("digest"),
+        "git_commit": commit,
+        "mlflow.source.git.commit": commit,
+    }
+
+
+def find_run(client: Any, experiment_id: str, kind: str, run_dir: Path, config_digest: str) -> Any:
+    """The MLflow run already recording (kind, run dir, config digest), or None."""
+    rd = str(Path(run_dir).resolve())
+    if "'" in rd:
+        return None  # not expressible in MLflow's filter syntax; a new run is created
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=(
+            f"tags.`{TAG}kind` = '{kind}' and tags.`{TAG}run_dir` = '{rd}' "
+            f"and tags.`{TAG}config_digest` = '{config_digest}'"
+        ),
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def _open_run(
+    cfg: DictConfig,
+    kind: str,
+    run_dir: Path,
+    run_cfg: DictConfig,
+    config_digest: str,
+    parent_run_id: str | None,
+    recorded_uri: str | None,
+) -> MlflowTracker | Tracker:
+    try:
+        runs_root = cfg.get("runs_root") or run_cfg.get("runs_root")
+        uri = store_uri(cfg.tracking, runs_root, recorded_uri)
+        if recorded_uri is not None and uri != recorded_uri:
+            parent_run_id = None  # the training run lives in another store
+        client, exp_id = open_experiment(cfg.tracking, uri)
+        existing = find_run(client, exp_id, kind, run_dir, config_digest)
+        if existing is not None:
+            run_id = existing.info.run_id
+            client.update_run(run_id, status="RUNNING")
+        else:
+            tags = {
+                f"{TAG}kind": kind,
+                f"{TAG}run_dir": str(Path(run_dir).resolve()),
+                f"{TAG}config_digest": config_digest,
+            }
+            if parent_run_id:
+                tags["mlflow.parentRunId"] = parent_run_id
+                tags[f"{TAG}train_run_id"] = parent_run_id
+            run_id = client.create_run(
+                exp_id, run_name=run_name(run_cfg, kind), tags=tags
+            ).info.run_id
+        tracker = MlflowTracker(client, run_id, uri)
+        tracker.log_params(flatten(rundir.config_identity(run_cfg)))
+        return tracker
+    except Exception as e:  # noqa: BLE001 - tracking must never stop the work
+        _warn_unavailable(e)
+        return Tracker()
+
+
+@contextlib.contextmanager
+def start(
+    cfg: DictConfig,
+    kind: str,
+    run_dir: str | Path,
+    *,
+    config_digest: str,
+    run_cfg: DictConfig | None = None,
+    parent_run_id: str | None = None,
+    recorded_uri: str | None = None,
+) -> Iterator[Tracker]:
+    """Track the work inside the block as one MLflow run of ``kind``.
+
+    ``cfg`` holds ``tracking`` (and ``runs_root`` for the default store); ``run_cfg`` (default
+    ``cfg``) is the training config the run belongs to, for its name, tags and params. The MLflow
+    run recording the same (kind, run_dir, config_digest) is reused; it ends FINISHED, or FAILED
+    when the block raises. With tracking off (or an unusable store) the tracker does nothing.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} is invalid: expected one of {list(KINDS)}")
+    if not enabled(cfg):
+        yield Tracker()
+        return
+    tracker = _open_run(
+        cfg,
+        kind,
+        Path(run_dir),
+        run_cfg if run_cfg is not None else cfg,
+        config_digest,
+        parent_run_id,
+        recorded_uri,
+    )
+    try:
+        yield tracker
+    except BaseException:
+        if isinstance(tracker, MlflowTracker):
+            tracker.end("FAILED")
+        raise
+    if isinstance(tracker, MlflowTracker):
+        tracker.end("FINISHED")
+
+
+# --------------------------------------------------------------------------------------- run dirs
+def log_train_run(tracker: Tracker, run_dir: str | Path, log_model: bool = False) -> None:
+    """Log a completed training run directory: tags, per-epoch history, final metrics, artifacts,
+    confusion matrices, the dataset input; then record the MLflow run id in run_metadata.json."""
+    if tracker.run_id is None:
+        return
+    run_dir = Path(run_dir)
+    metadata = read_json(run_dir / rundir.METADATA_FILE)
+    run_cfg = OmegaConf.load(run_dir / rundir.RESOLVED_CONFIG_FILE)
+    tracker.set_tags(run_tags(run_cfg, metadata))
+    history = run_dir / "history.csv"
+    if history.exists():
+        for row in pd.read_csv(history).to_dict("records"):
+            step = int(row.pop("epoch"))
+            tracker.log_epoch(row, step)
+    tracker.log_final(read_json(run_dir / rundir.METRICS_FILE))
+    data = metadata.get("data", {})
+    if data.get("digest"):
+        tracker.log_dataset(
+            data.get("name", "data"), data["digest"], data.get("source", {}), "train"
+        )
+    for name, fig in confusion_figures(run_dir).items():
+        tracker.log_figure(fig, name)
+        _close(fig)
+    if log_model:
+        tracker.log_artifacts([run_dir / "final_model.pt"], "model")
+    if metadata.get("mlflow", {}).get("run_id") != tracker.run_id:
+        metadata["mlflow"] = {"run_id": tracker.run_id, "tracking_uri": tracker.uri}
+        write_json(run_dir / rundir.METADATA_FILE, metadata)
+    tracker.log_artifacts([run_dir / f for f in RUN_ARTIFACTS])
+
+
+def log_eval_run(
+    tracker: Tracker, run_dir: str | Path, result: dict[str, Any], result_file: Path
+) -> None:
+    """Log an eval result (its recomputed metrics, whether they match train) and its file."""
+    if tracker.run_id is None:
+        return
+    run_dir = Path(run_dir)
+    tracker.set_tags(
+        run_tags(
+            OmegaConf.load(run_dir / rundir.RESOLVED_CONFIG_FILE),
+            read_json(run_dir / rundir.METADATA_FILE),
+        )
+    )
+    tracker.log_final({**result.get("metrics", {}), "matches_train": result.get("matches_train")})
+    tracker.log_artifacts([result_file])
+
+
+def train_run_id(run_dir: str | Path) -> tuple[str | None, str | None]:
+    """The MLflow run id and store URI a training run recorded (None, None when not tracked)."""
+    meta = Path(run_dir) / rundir.METADATA_FILE
+    if not meta.exists():
+        return None, None
+    recorded = read_json(meta).get("mlflow", {})
+    return recorded.get("run_id"), recorded.get("tracking_uri")
+
+
+def confusion_figures(run_dir: Path) -> dict[str, Any]:
+    """Confusion matrices of the clean and the triggered test set, from predictions.parquet."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    from backdoor_study.metrics import predict
+
+    path = run_dir / "predictions.parquet"
+    if not path.exists():
+        return {}
+    frame = pd.read_parquet(path)
+    metrics = read_json(run_dir / rundir.METRICS_FILE)
+    threshold = metrics.get("decision_threshold")
+    cut = (
+        0.5
+        if threshold is None or (isinstance(threshold, float) and math.isnan(threshold))
+        else threshold
+    )
+    y = frame["y_true"].to_numpy()
+    n_classes = sum(c.startswith("prob_") and not c.startswith("prob_triggered_") for c in frame)
+    labels = list(range(n_classes))
+    preds = {"confusion_clean": frame["pred"].to_numpy()}
+    triggered_cols = [f"prob_triggered_{c}" for c in labels]
+    if all(c in frame for c in triggered_cols):
+        preds["confusion_triggered"] = predict(frame[triggered_cols].to_numpy(), cut)
+    figures = {}
+    for name, pred in preds.items():
+        disp = ConfusionMatrixDisplay.from_predictions(y, pred, labels=labels, colorbar=False)
+        title = "clean test set" if name.endswith("clean") else "triggered test set"
+        disp.ax_.set_title(f"{title} (threshold {cut:.3f})")
+        figures[name] = disp.figure_
+    return figures
+
+
+def _close(fig: Any) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -1,0 +1,174 @@
+"""MLflow tracking as a user relies on it: one MLflow run per run directory, linked both ways,
+nothing lost when the store is unusable, ``sync`` idempotent, ``tracking=none`` silent."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
+
+from backdoor_study import eval as eval_mod
+from backdoor_study import sync, tracking, train
+from backdoor_study.config import CONF_DIR
+from backdoor_study.data.schema import write_parquet
+from tests.conftest import make_tiny_dataset
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "tiny.parquet"
+    write_parquet(make_tiny_dataset(n=300, t=12, seed=3), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """One SQLite store for the module: creating a fresh one takes seconds."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    MlflowClient(uri).search_experiments()  # creates the tables once
+    return uri
+
+
+@pytest.fixture
+def tracking_on(monkeypatch):
+    monkeypatch.delenv(tracking.TRACKING_ENV, raising=False)
+
+
+def make_cfg(name: str, cohort: Path, runs_root: Path, *overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(
+            name,
+            overrides=[
+                *(
+                    [
+                        "data=parquet",
+                        f"data.path={cohort}",
+                        f"runs_root={runs_root}",
+                        "epochs=2",
+                        "trainer.progress=false",
+                        "metrics.bootstrap=0",
+                        "clean_reference=false",
+                        "trigger.window=[6,12]",
+                    ]
+                    if name == "train"
+                    else []
+                ),
+                *overrides,
+            ],
+        )
+
+
+def runs_of(uri: str, experiment: str) -> list:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else client.search_runs([exp.experiment_id])
+
+
+def test_train_and_eval_are_logged_once_and_linked(cohort, store, tmp_path, tracking_on):
+    cfg = make_cfg(
+        "train",
+        cohort,
+        tmp_path,
+        "trigger=rare_value",
+        "poison_rate=0.05",
+        f"tracking.uri={store}",
+        "tracking.experiment=linked",
+    )
+    metrics = train.run(cfg)
+    run_dir = Path(cfg.run_dir)
+    meta = json.loads((run_dir / "run_metadata.json").read_text())
+    (only,) = runs_of(store, "linked")
+    assert meta["mlflow"]["run_id"] == only.info.run_id  # run dir -> MLflow run
+    tags = only.data.tags
+    assert tags["backdoor_study.run_dir"] == str(run_dir.resolve())  # MLflow run -> run dir
+    assert only.info.run_name == "mlp-rare_value-0.05-s42" and only.info.status == "FINISHED"
+    assert (tags["model"], tags["trigger"], tags["poison_rate"], tags["seed"]) == (
+        "mlp",
+        "rare_value",
+        "0.05",
+        "42",
+    )
+    assert tags["data_digest"] == meta["data"]["digest"]
+    assert tags["git_commit"] == str(meta["environment"]["git"]["commit"])
+    assert only.data.params["model.hidden_sizes"] == "[128, 64]"
+    assert only.data.metrics["ASR"] == pytest.approx(metrics["ASR"])
+    client = MlflowClient(store)
+    history = client.get_metric_history(only.info.run_id, "val_auroc")
+    assert sorted(m.step for m in history) == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(only.info.run_id)}
+    assert {"config_resolved.yaml", "run_metadata.json", "experiment_summary.csv"} <= artifacts
+    figures = {a.path for a in client.list_artifacts(only.info.run_id, "figures")}
+    assert figures == {"figures/confusion_clean.png", "figures/confusion_triggered.png"}
+    (data_input,) = only.inputs.dataset_inputs
+    assert data_input.dataset.digest == meta["data"]["digest"][:36]
+    assert {t.key: t.value for t in data_input.tags}["backdoor_study.data_digest"] == (
+        meta["data"]["digest"]
+    )
+
+    assert train.run(cfg)["skipped"]  # a skipped run adds no MLflow run
+    assert len(runs_of(store, "linked")) == 1
+
+    ecfg = make_cfg(
+        "eval", cohort, tmp_path, f"run_dir={run_dir}", "device=cpu", "tracking.experiment=linked"
+    )
+    assert eval_mod.run(ecfg)["matches_train"]  # the store recorded by train is found
+    ev = next(r for r in runs_of(store, "linked") if r.data.tags["backdoor_study.kind"] == "eval")
+    assert ev.data.tags["mlflow.parentRunId"] == only.info.run_id
+    assert ev.data.metrics["matches_train"] == 1.0
+
+
+def test_sync_logs_untracked_runs_once(cohort, store, tmp_path, monkeypatch):
+    monkeypatch.setenv(tracking.TRACKING_ENV, "none")  # made while tracking was off
+    for seed in (1, 2):
+        train.run(make_cfg("train", cohort, tmp_path, f"seed={seed}"))
+    monkeypatch.delenv(tracking.TRACKING_ENV)
+    scfg = make_cfg(
+        "sync",
+        cohort,
+        tmp_path,
+        f"runs_root={tmp_path}",
+        f"tracking.uri={store}",
+        "tracking.experiment=synced",
+    )
+    assert sync.run(scfg) == {"run_dirs": 2, "logged": 2, "already_logged": 0}
+    assert sync.run(scfg) == {"run_dirs": 2, "logged": 0, "already_logged": 2}
+    runs = runs_of(store, "synced")
+    assert sorted(r.info.run_name for r in runs) == ["mlp-none-0.0-s1", "mlp-none-0.0-s2"]
+    assert all(len(r.data.params) > 20 for r in runs)
+
+
+def test_tracking_none_writes_nothing(cohort, tmp_path, tracking_on):
+    cfg = make_cfg("train", cohort, tmp_path, "tracking=none")
+    train.run(cfg)
+    assert not (tmp_path / tracking.STORE_FILE).exists()
+    assert not (tmp_path / tracking.ARTIFACTS_DIR).exists()
+    assert "mlflow" not in json.loads((Path(cfg.run_dir) / "run_metadata.json").read_text())
+
+
+def test_unusable_store_still_leaves_a_complete_run(cohort, tmp_path, tracking_on, caplog):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the store's directory should be")
+    cfg = make_cfg(
+        "train", cohort, tmp_path / "runs", f"tracking.uri=sqlite:///{blocker}/mlflow.db"
+    )
+    with caplog.at_level(logging.WARNING, logger="backdoor_study.tracking"):
+        metrics = train.run(cfg)
+    run_dir = Path(cfg.run_dir)
+    assert (run_dir / "metrics.json").exists() and (run_dir / "final_model.pt").exists()
+    assert (
+        json.loads((run_dir / "metrics.json").read_text())["auroc_clean"] == metrics["auroc_clean"]
+    )
+    assert "mlflow" not in json.loads((run_dir / "run_metadata.json").read_text())
+    assert "MLflow tracking unavailable" in caplog.text and "backdoor_study.sync" in caplog.text
+
+
+def test_bad_tracking_value_names_the_key(cohort, tmp_path):
+    from backdoor_study.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"tracking.http_retries=-1 is invalid"):
+        train.run(make_cfg("train", cohort, tmp_path, "tracking.http_retries=-1"))
