@@ -222,3 +222,47 @@ def test_cli_single_run_and_multirun(tmp_path):
         check=True,
     )
     assert len(list(tmp_path.rglob("metrics.json"))) == 1 + 2 * 2 * 2
+
+
+def test_run_is_logged_to_a_fresh_mlflow_store(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from backdoor_study import tracking
+
+    monkeypatch.delenv(tracking.TRACKING_ENV, raising=False)
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    cfg = classic_cfg(
+        tmp_path,
+        "tracking=mlflow",
+        f"tracking.uri={uri}",
+        "tracking.experiment=classic",
+        "attack=label_flip",
+        "poison_rate=0.1",
+        "mitigation=zscore",
+    )
+    metrics = run(cfg)
+    client = MlflowClient(tracking_uri=uri)
+    (logged,) = client.search_runs([client.get_experiment_by_name("classic").experiment_id])
+    params = logged.data.params
+    assert params["dataset"] == "iris" and params["model"] == "logreg"
+    assert params["attack"] == "label_flip" and params["mitigation"] == "zscore"
+    assert float(params["poison_level"]) == 0.1 and params["seed"] == "0"
+    assert int(params["n_poisoned"]) == metrics["n_poisoned"] == 10
+    for key in (
+        "acc_test",
+        "acc_train",
+        "balanced_acc_test",
+        "f1_macro_test",
+        "precision_weighted_test",
+        "train_test_gap",
+        "detection_precision",
+    ):
+        assert logged.data.metrics[key] == pytest.approx(metrics[key]), key
+    artifacts = {a.path for a in client.list_artifacts(logged.info.run_id)}
+    assert {"figures", "poisoned_indices.npy", "metrics.json"} <= artifacts
+    import mlflow.sklearn
+
+    model = mlflow.sklearn.load_model(f"runs:/{logged.info.run_id}/model")
+    assert model.predict(np.zeros((1, 4))).shape == (1,)
+    info = mlflow.models.get_model_info(f"runs:/{logged.info.run_id}/model")
+    assert info.signature is not None

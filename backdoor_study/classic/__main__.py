@@ -18,11 +18,14 @@ CLASSIC_CONF_DIR = CONF_DIR / "classic"
 def main() -> None:
     import hydra
 
+    from backdoor_study import sweep
     from backdoor_study.classic import run
 
     @hydra.main(version_base="1.3", config_path=str(CLASSIC_CONF_DIR), config_name="classic")
     def _main(cfg: DictConfig) -> None:
-        metrics = run(cfg)
+        metrics = sweep.run_job(cfg, run)
+        if metrics is None:  # a failed job of a sweep, reported at the sweep's end
+            return
         shown = {
             k: round(v, 4)
             for k, v in metrics.items()

@@ -19,18 +19,14 @@ from __future__ import annotations
 
 import io
 import logging
-import shutil
-import tempfile
 import time
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
-from sklearn.pipeline import Pipeline
 
-from backdoor_study import rundir
+from backdoor_study import rundir, tracking
 from backdoor_study.classic.core import as_table, fit_and_score, load_table, sanitise
 from backdoor_study.data.splits import holdout_split
 from backdoor_study.poison import poison_dataset
@@ -38,17 +34,6 @@ from backdoor_study.utils import atomic_write_bytes, read_json, sha256_json, wri
 
 log = logging.getLogger("backdoor_study.classic")
 
-# MLflow saves sklearn models with skops (no arbitrary pickle). Our own pipelines hold these
-# types beyond skops' default trusted set (tree node arrays, HistGradientBoosting predictors);
-# we wrote the files ourselves, so loading them back is trusted.
-SKOPS_TRUSTED_TYPES = [
-    "numpy.dtype",
-    "sklearn.calibration._CalibratedClassifier",
-    "sklearn.calibration._SigmoidCalibration",
-    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-    "sklearn.tree._tree.Tree",
-]
-MODEL_REQUIREMENTS = ("scikit-learn", "numpy", "scipy", "skops", "mlflow")
 
 # config nodes that only other studies read: not part of a single run's identity
 STUDY_ONLY_KEYS = {
@@ -121,6 +106,17 @@ def run_single(cfg: DictConfig) -> dict[str, Any]:
     run_dir, digest, ident, skipped = begin(cfg)
     if skipped is not None:
         return skipped
+    with tracking.start(cfg, "classic", run_dir, config_digest=digest) as tracker:
+        return _fit_into(cfg, run_dir, digest, ident, tracker)
+
+
+def _fit_into(
+    cfg: DictConfig,
+    run_dir: Path,
+    digest: str,
+    ident: dict[str, Any],
+    tracker: tracking.Tracker,
+) -> dict[str, Any]:
     started = time.time()
     seed = int(cfg.seed)
     table = load_table(cfg.data)
@@ -200,9 +196,19 @@ def run_single(cfg: DictConfig) -> dict[str, Any]:
         f" seed {seed} ({cfg.mitigation.name})",
     )
     if cfg.save_model:
-        save_sklearn_model(run_dir / "model", pipeline, x_train[keep])
+        tracking.save_sklearn_model(run_dir / "model", pipeline, x_train[keep])
     metadata["timings"]["fit_and_score_s"] = fit_s
     finish_run_dir(run_dir, metadata, metrics, started)
+    params = {
+        "dataset": ds.name,
+        "model": str(cfg.model.name),
+        "attack": str(cfg.attack.name),
+        "poison_level": float(cfg.poison_rate),
+        "seed": seed,
+        "n_poisoned": metrics["n_poisoned"],
+        "mitigation": str(cfg.mitigation.name),
+    }
+    tracking.log_classic_run(tracker, run_dir, params, pipeline, x_train[keep])
     log.info("run complete: %s acc_test=%.4f", run_dir, metrics["acc_test"])
     return metrics
 
@@ -234,29 +240,3 @@ def write_confusion_matrix(
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
-
-
-def save_sklearn_model(path: Path, pipeline: Pipeline, x_example: np.ndarray) -> None:
-    """The fitted pipeline in MLflow's sklearn format (``mlflow.sklearn.load_model`` reads it
-    back), with a signature inferred from the training rows; replaced as a whole directory."""
-    import mlflow.sklearn
-    from mlflow.models import infer_signature
-
-    signature = infer_signature(x_example, pipeline.predict(x_example))
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
-        mlflow.sklearn.save_model(
-            pipeline,
-            tmp / "model",
-            signature=signature,
-            skops_trusted_types=SKOPS_TRUSTED_TYPES,
-            # stated, not inferred: inference imports every loaded package (seconds per model)
-            pip_requirements=[
-                f"{pkg}=={importlib_metadata.version(pkg)}" for pkg in MODEL_REQUIREMENTS
-            ],
-        )
-        if path.exists():
-            shutil.rmtree(path)
-        (tmp / "model").rename(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
