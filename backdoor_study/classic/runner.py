@@ -17,6 +17,7 @@ and the directory checked; every file written atomically, ``metrics.json`` last)
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import time
@@ -85,11 +86,17 @@ def start_run_dir(
         "config_digest": digest,
         "config_identity": ident,
         "data": data,
-        "environment": rundir.environment(),
+        "environment": _environment(),
         "timings": {},
     }
     write_json(run_dir / rundir.METADATA_FILE, metadata)
     return metadata
+
+
+@functools.cache
+def _environment() -> dict[str, Any]:
+    """Versions and git commit: one lookup per process (a sweep's jobs share it)."""
+    return rundir.environment()
 
 
 def finish_run_dir(
@@ -237,6 +244,7 @@ def write_confusion_matrix(
     if len(class_names) > 3:
         ax.tick_params(axis="x", labelrotation=45)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=80)  # one draw: no bbox_inches="tight" (the sweep's cost)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
