@@ -658,8 +658,12 @@ class LearningCurveConfig:
     """``study=data_quantity_quality``: test accuracy vs training-set size at each poison level."""
 
     levels: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.5])
-    sizes: list[float] = field(default_factory=lambda: [0.1, 0.15, 0.2, 0.3, 0.45, 0.65, 1.0])
-    reference_size: float = 0.2  # fraction of the training split: the clean model's target
+    sizes: list[float] = field(
+        default_factory=lambda: [0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.45, 0.65, 1.0]
+    )
+    # fraction of the training split where the clean model's accuracy is the target; 0.1 leaves
+    # room to measure multipliers up to 10
+    reference_size: float = 0.1
     seeds: int = 10
     bootstrap: int = 1000
 

@@ -266,3 +266,69 @@ def test_run_is_logged_to_a_fresh_mlflow_store(tmp_path, monkeypatch):
     assert model.predict(np.zeros((1, 4))).shape == (1,)
     info = mlflow.models.get_model_info(f"runs:/{logged.info.run_id}/model")
     assert info.signature is not None
+
+
+def test_learning_curve_multiplier_is_one_at_level_zero(tmp_path):
+    cfg = classic_cfg(
+        tmp_path,
+        "experiment=data_quantity_quality",
+        "data=breast_cancer",
+        "model=decision_tree",
+        "curve.seeds=3",
+        "curve.sizes=[0.2,0.4,0.7,1.0]",
+        "curve.reference_size=0.4",
+        "curve.levels=[0.0,0.3]",
+        "curve.bootstrap=50",
+    )
+    metrics = run(cfg)
+    run_dir = tmp_path / "data_quantity_quality" / "breast_cancer" / "decision_tree" / "label_flip"
+    assert metrics["multiplier_0"] == 1.0
+    assert metrics["multiplier_ci_low_0"] == metrics["multiplier_ci_high_0"] == 1.0
+    # 30% flipped labels: the tree needs more data (or never gets there) to match the clean one
+    assert metrics["multiplier_0.3"] > 1.0
+    curves = __import__("pandas").read_csv(run_dir / "learning_curves.csv")
+    assert len(curves) == 3 * 4 * 2 == metrics["n_fits"]
+    assert (curves[curves.level == 0.0].n_poisoned == 0).all()
+    assert (run_dir / "learning_curves.png").exists() and (run_dir / "multipliers.csv").exists()
+
+
+def test_needed_size_interpolates_in_log_size():
+    from backdoor_study.classic.curves import needed_size
+
+    sizes = np.array([10.0, 100.0, 1000.0])
+    assert needed_size(sizes, np.array([0.5, 0.7, 0.9]), 0.7) == pytest.approx(100.0)
+    assert needed_size(sizes, np.array([0.5, 0.7, 0.9]), 0.8) == pytest.approx(np.sqrt(1e5))
+    assert needed_size(sizes, np.array([0.5, 0.6, 0.65]), 0.7) == float("inf")
+
+
+def test_accuracy_paradox_majority_class_scores_high_accuracy_and_nothing_else(tmp_path):
+    cfg = classic_cfg(
+        tmp_path, "experiment=accuracy_paradox", "paradox.physionet=false", "paradox.seeds=3"
+    )
+    m = run(cfg)
+    task = "breast_cancer_malignant_0.05"
+    assert m[f"{task}/majority_class/acc_test"] > 0.9  # the paradox: ~95% "accurate"
+    assert m[f"{task}/majority_class/balanced_acc_test"] == 0.5
+    assert m[f"{task}/majority_class/recall_test"] == 0.0
+    assert m[f"{task}/logreg/balanced_acc_test"] > 0.8
+    assert m[f"{task}/logreg/auprc_test"] > m[f"{task}/majority_class/auprc_test"] + 0.5
+    assert m["skipped_tasks"] == {}
+
+
+def test_imbalanced_table_has_the_requested_prevalence():
+    from backdoor_study.classic.paradox import imbalanced
+
+    ds = imbalanced(load_sklearn_table("breast_cancer"), 0, 0.1, 0)
+    assert ds.y.mean() == pytest.approx(0.1, abs=0.005)
+    assert ds.class_names == ["not malignant", "malignant"]
+    with pytest.raises(DataValidationError, match="positive_class=5"):
+        imbalanced(load_sklearn_table("breast_cancer"), 5, 0.1, 0)
+
+
+@pytest.mark.physionet
+def test_accuracy_paradox_on_physionet_mortality(tmp_path, physionet_root, monkeypatch):
+    monkeypatch.setenv("BACKDOOR_STUDY_PHYSIONET_DIR", str(physionet_root))
+    m = run(classic_cfg(tmp_path, "experiment=accuracy_paradox", "paradox.seeds=2"))
+    assert m["physionet2012/majority_class/acc_test"] > 0.85
+    assert m["physionet2012/majority_class/recall_test"] == 0.0
+    assert m["physionet2012/logreg_weighted/recall_test"] > m["physionet2012/logreg/recall_test"]
