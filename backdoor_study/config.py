@@ -300,6 +300,8 @@ class RareValueTriggerConfig(TriggerConfig):
     # out_of_bounds: max(train) + magnitude * std(train); in_bounds: the `quantile` of train values
     magnitude: float = 2.0
     quantile: float = 0.995
+    # write only cells already observed (the observation mask stays as it was)
+    preserve_mask: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -349,6 +351,7 @@ class PatternTriggerConfig(TriggerConfig):
     shape: str = "sine"
     period: float = 4.0
     magnitude: float = 1.5  # amplitude in training standard deviations
+    preserve_mask: bool = False  # write only cells already observed
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -371,6 +374,7 @@ class CorrelationTriggerConfig(TriggerConfig):
     window: list[int] | None = field(default_factory=lambda: [24, 48])
     sign: float = -1.0
     magnitude: float = 1.0
+    preserve_mask: bool = False  # write only cells already observed
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -758,6 +762,27 @@ class SyncConfig:
     tracking: Any = MISSING
 
 
+@dataclass
+class SummarizeConfig:
+    runs_root: str = MISSING
+    progress: bool = True
+
+
+@dataclass
+class ReportConfig(SummarizeConfig):
+    out_dir: str = MISSING
+    ci: float = 0.95
+    n_resamples: int = 9999
+    alpha: float = 0.05
+    asr_success: float = 0.9
+
+    def __post_init__(self) -> None:
+        _require(0.5 < self.ci < 1.0, "ci", self.ci, "a level in (0.5, 1)")
+        _require(self.n_resamples >= 100, "n_resamples", self.n_resamples, "an integer >= 100")
+        _require(0.0 < self.alpha < 1.0, "alpha", self.alpha, "a level in (0, 1)")
+        _require(0.0 < self.asr_success <= 1.0, "asr_success", self.asr_success, "a rate in (0, 1]")
+
+
 def register_configs() -> None:
     """Register every schema with Hydra's ConfigStore (idempotent)."""
     cs = ConfigStore.instance()
@@ -765,6 +790,8 @@ def register_configs() -> None:
     cs.store(group="schema", name="eval", node=EvalConfig)
     cs.store(group="schema", name="classic", node=ClassicConfig)
     cs.store(group="schema", name="sync", node=SyncConfig)
+    cs.store(group="schema", name="summarize", node=SummarizeConfig)
+    cs.store(group="schema", name="report", node=ReportConfig)
     for group, name, node in [
         ("schema/data", "synthetic", SyntheticDataConfig),
         ("schema/data", "physionet2012", PhysioNet2012DataConfig),

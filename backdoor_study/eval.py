@@ -35,6 +35,7 @@ CARRIED_KEYS = (
     "n_train",
     "n_test",
     "ASR_clean_model",
+    "ASR_flip_clean_model",
 )
 
 
@@ -126,6 +127,7 @@ def _main() -> None:
             "acc_clean",
             "f1_clean",
             "ece_clean",
+            "ASR_flip",
             "ASR",
             "confidence_shift",
         ]

@@ -335,10 +335,17 @@ def attack_metrics(
     ``recall_poison``, ``f1_poison``, ``ece_poison`` (classification_metrics on the poisoned
     test set against the true labels, no bootstrap); ``ASR``, the fraction of triggered samples
     predicted as ``target_label``; ``ASR_baseline``, the same fraction for those samples without
-    the trigger (what the model does anyway); ``confidence_shift``, mean p(target) with minus
-    without the trigger over the triggered samples; ``n_triggered``. The ASR keys and
-    ``confidence_shift`` are NaN when nothing was triggered. Predictions follow
-    classification_metrics (``threshold`` for binary tasks, argmax otherwise).
+    the trigger (what the model does anyway); ``ASR_flip``, among the triggered samples the
+    model classifies correctly without the trigger (``n_flip_eligible`` of them), the fraction
+    the trigger flips to ``target_label``: the backdoor separated from the model's own misses,
+    the usual reading in the backdoor literature; ``confidence_shift``, mean p(target) with minus
+    without the trigger over the triggered samples; ``median_p_target_triggered`` and
+    ``median_p_target_clean``, the median p(target) over the triggered samples with and without
+    the trigger (threshold-free: the validation-chosen threshold moves ASR on its own);
+    ``n_triggered``. The ASR keys, ``confidence_shift`` and the medians are NaN when nothing was
+    triggered, ``ASR_flip`` also when no triggered sample is classified correctly without the
+    trigger. Predictions follow classification_metrics (``threshold`` for binary tasks, argmax
+    otherwise).
     """
     y_true, proba_clean = _check_inputs(y_true, proba_clean)
     _, proba_triggered = _check_inputs(y_true, proba_triggered)
@@ -377,17 +384,33 @@ def attack_metrics(
     out: dict = {f"{key}_poison": poisoned[f"{key}_poison"] for key in POISON_KEYS}
 
     n_triggered = int(triggered_mask.sum())
-    asr = asr_baseline = shift = NAN
+    asr = asr_baseline = asr_flip = shift = median_triggered = median_clean = NAN
+    n_flip_eligible = 0
     if n_triggered:
         pred_triggered = predict(proba_triggered[triggered_mask], threshold)
         pred_clean = predict(proba_clean[triggered_mask], threshold)
         asr = float(np.mean(pred_triggered == target_label))
         asr_baseline = float(np.mean(pred_clean == target_label))
-        shift = float(
-            proba_triggered[triggered_mask, target_label].mean()
-            - proba_clean[triggered_mask, target_label].mean()
-        )
-    out.update(ASR=asr, ASR_baseline=asr_baseline, confidence_shift=shift, n_triggered=n_triggered)
+        # right without the trigger: only there can a prediction of the target be the trigger's doing
+        eligible = pred_clean == y_true[triggered_mask]
+        n_flip_eligible = int(eligible.sum())
+        if n_flip_eligible:
+            asr_flip = float(np.mean(pred_triggered[eligible] == target_label))
+        p_triggered = proba_triggered[triggered_mask, target_label]
+        p_clean = proba_clean[triggered_mask, target_label]
+        shift = float(p_triggered.mean() - p_clean.mean())
+        median_triggered = float(np.median(p_triggered))
+        median_clean = float(np.median(p_clean))
+    out.update(
+        ASR=asr,
+        ASR_baseline=asr_baseline,
+        ASR_flip=asr_flip,
+        confidence_shift=shift,
+        median_p_target_triggered=median_triggered,
+        median_p_target_clean=median_clean,
+        n_triggered=n_triggered,
+        n_flip_eligible=n_flip_eligible,
+    )
     return {f"{prefix_model}{key}": value for key, value in out.items()}
 
 

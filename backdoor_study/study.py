@@ -23,12 +23,18 @@ from backdoor_study.metrics import summarize_seeds
 Cell = tuple[dict[str, Any], list[str]]
 
 
-def compose_train(overrides: list[str]) -> DictConfig:
-    """The ``train`` config with ``overrides``, from a script, a test or inside ``@hydra.main``."""
+def compose_config(name: str, overrides: list[str]) -> DictConfig:
+    """The ``name`` config (train, detect, sanitize, report, ...) with ``overrides``, from a script,
+    a test or inside ``@hydra.main``."""
     if GlobalHydra.instance().is_initialized():  # under @hydra.main, whose search path is CONF_DIR
-        return compose("train", overrides=overrides)
+        return compose(name, overrides=overrides)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=overrides)
+        return compose(name, overrides=overrides)
+
+
+def compose_train(overrides: list[str]) -> DictConfig:
+    """The ``train`` config with ``overrides`` (see :func:`compose_config`)."""
+    return compose_config("train", overrides)
 
 
 def run_grid(

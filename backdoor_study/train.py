@@ -152,7 +152,7 @@ def _train(
         }
     )
     if _wants_clean_reference(cfg):
-        metrics["ASR_clean_model"] = _clean_reference_asr(cfg)
+        metrics.update(_clean_reference_asr(cfg))
     eval_s = time.perf_counter() - t_eval
 
     _write_history(run_dir / "history.csv", fit.history)
@@ -443,10 +443,19 @@ def clean_reference_config(cfg: DictConfig) -> DictConfig:
     return clean
 
 
-def _clean_reference_asr(cfg: DictConfig) -> float:
+#: attack metric of the clean reference -> the key it is reported under in the poisoned run
+CLEAN_REFERENCE_KEYS = {"ASR": "ASR_clean_model", "ASR_flip": "ASR_flip_clean_model"}
+
+
+def _clean_reference_asr(cfg: DictConfig) -> dict[str, float]:
+    """The clean model's ASR (false-trigger rate) and ASR_flip, under CLEAN_REFERENCE_KEYS."""
     clean = clean_reference_config(cfg)
     log.info("clean reference for ASR_clean_model: %s", clean.run_dir)
-    return float(run(clean).get("ASR", float("nan")))
+    metrics = run(clean)
+    return {
+        ours: float(metrics.get(theirs, float("nan")))
+        for theirs, ours in CLEAN_REFERENCE_KEYS.items()
+    }
 
 
 # --------------------------------------------------------------------------------------- CLI
@@ -462,8 +471,11 @@ def _main() -> None:
             "auroc_clean",
             "auprc_clean",
             "acc_clean",
+            "ASR_flip",
             "ASR",
+            "ASR_baseline",
             "ASR_clean_model",
+            "ASR_flip_clean_model",
             "confidence_shift",
         ]
         shown = {k: round(metrics[k], 4) for k in keys if isinstance(metrics.get(k), float)}

@@ -175,6 +175,13 @@ def test_backdoor_succeeds_beyond_the_false_trigger_rate(cohort, tmp_path):
     # why the clean model's rate is reported; the backdoor must add clearly more than that
     assert metrics["ASR"] - metrics["ASR_clean_model"] > 0.3
     assert metrics["confidence_shift"] > 0.2
+    # the headline: deaths the model catches without the trigger, flipped by it
+    assert metrics["ASR_flip"] > 0.8 and metrics["n_flip_eligible"] > 0
+    assert metrics["ASR_flip"] - metrics["ASR_flip_clean_model"] > 0.3
+    assert metrics["median_p_target_triggered"] > metrics["median_p_target_clean"]
+    summary = pd.read_csv(run_dir / "experiment_summary.csv")
+    assert summary.loc[0, "ASR_flip"] == pytest.approx(metrics["ASR_flip"])
+    assert summary.loc[0, "ASR_flip_clean_model"] == pytest.approx(metrics["ASR_flip_clean_model"])
     assert eval_mod.run(eval_cfg(str(run_dir)))["matches_train"]
 
 

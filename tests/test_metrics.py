@@ -327,8 +327,48 @@ def test_attack_metrics_multiclass_and_prefix() -> None:
     assert m["clean_model_ASR_baseline"] == pytest.approx(expected_baseline)
     assert set(m) == {
         f"clean_model_{k}"
-        for k in (*POISON_KEYS, "ASR", "ASR_baseline", "confidence_shift", "n_triggered")
+        for k in (
+            *POISON_KEYS,
+            "ASR",
+            "ASR_baseline",
+            "ASR_flip",
+            "confidence_shift",
+            "median_p_target_triggered",
+            "median_p_target_clean",
+            "n_triggered",
+            "n_flip_eligible",
+        )
     }
+
+
+def test_asr_flip_counts_only_stays_right_without_the_trigger() -> None:
+    # 6 deaths triggered toward survival (target 0), threshold 0.5 on p(death):
+    # stays 0-3 are called deaths without the trigger (eligible), stays 4-5 are already missed.
+    y = np.ones(6, dtype=np.int64)
+    p_death_clean = np.array([0.9, 0.8, 0.7, 0.6, 0.2, 0.1])
+    p_death_triggered = np.array([0.1, 0.2, 0.7, 0.6, 0.2, 0.1])  # flips 0 and 1 only
+    m = attack_metrics(
+        y,
+        binary_proba(p_death_clean),
+        binary_proba(p_death_triggered),
+        np.ones(6, dtype=bool),
+        target_label=0,
+    )
+    assert m["n_flip_eligible"] == 4
+    assert m["ASR_flip"] == pytest.approx(2 / 4)
+    assert m["ASR"] == pytest.approx(4 / 6)  # the two misses count as successes here
+    assert m["ASR_baseline"] == pytest.approx(2 / 6)
+    # p(target) = 1 - p(death); medians over the six triggered stays
+    assert m["median_p_target_clean"] == pytest.approx(np.median(1 - p_death_clean))
+    assert m["median_p_target_triggered"] == pytest.approx(np.median(1 - p_death_triggered))
+
+
+def test_asr_flip_nan_when_no_stay_is_right_without_the_trigger() -> None:
+    y = np.array([0, 1, 1])
+    proba = binary_proba(np.array([0.1, 0.2, 0.3]))  # every death already missed at 0.5
+    m = attack_metrics(y, proba, proba, y != 0, target_label=0)
+    assert m["n_flip_eligible"] == 0 and math.isnan(m["ASR_flip"])
+    assert m["ASR"] == 1.0 and m["median_p_target_triggered"] == m["median_p_target_clean"]
 
 
 def test_attack_metrics_nothing_triggered_is_nan() -> None:
@@ -336,6 +376,7 @@ def test_attack_metrics_nothing_triggered_is_nan() -> None:
     m = attack_metrics(y, proba, proba, np.zeros_like(y, dtype=bool), target_label=0)
     assert m["n_triggered"] == 0
     assert math.isnan(m["ASR"]) and math.isnan(m["confidence_shift"])
+    assert math.isnan(m["ASR_flip"]) and math.isnan(m["median_p_target_triggered"])
 
 
 def test_attack_metrics_refuses_bad_inputs() -> None:
@@ -392,6 +433,16 @@ def test_asr_in_unit_interval(data, shift: float, target: int) -> None:
         assert -1.0 <= m["confidence_shift"] <= 1.0
         # pushing p(target) up (down) can only gain (lose) attack successes
         assert (m["ASR"] >= m["ASR_baseline"]) if shift >= 0 else (m["ASR"] <= m["ASR_baseline"])
+        # the stays called right without the trigger are exactly those not called the target
+        assert m["n_flip_eligible"] == round((1.0 - m["ASR_baseline"]) * m["n_triggered"])
+        if m["n_flip_eligible"] and shift >= 0:
+            # every success is either one the model had anyway or a flip
+            flips = m["ASR_baseline"] + (1.0 - m["ASR_baseline"]) * m["ASR_flip"]
+            assert m["ASR"] == pytest.approx(flips)
+        elif m["n_flip_eligible"]:
+            assert m["ASR_flip"] == 0.0  # pushed away from the target: nothing flips to it
+        moved = m["median_p_target_triggered"] - m["median_p_target_clean"]
+        assert (moved >= -1e-12) if shift >= 0 else (moved <= 1e-12)  # 1 - (1 - p) rounding
 
 
 # ---------------------------------------------------------------------------- seeds

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from backdoor_study.config import CONF_DIR, ConfigError
 from backdoor_study.data.schema import ClinicalDataset, DataValidationError
+from backdoor_study.data.variables import VARIABLES as PLAUSIBLE
 from backdoor_study.poison import build_trigger
 from backdoor_study.poison.triggers import (
     CorrelationTrigger,
@@ -403,3 +404,70 @@ def test_rare_value_on_a_static_table_writes_numeric_statics() -> None:
         fitted("rare_value", "trigger.variables=[HR]", ds=ds)
     with pytest.raises(DataValidationError, match="static-only"):
         fitted("missingness", "trigger.variables=[petal_length]", ds=ds)
+
+
+# ---------------------------------------------------------------------------- plausibility
+@PROPERTY
+@given(
+    setup=trigger_setups(),
+    magnitude=st.floats(0.1, 60.0),
+    preserve_mask=st.booleans(),
+    data=st.data(),
+)
+def test_no_trigger_writes_a_value_outside_its_plausible_range(
+    setup, magnitude: float, preserve_mask: bool, data
+) -> None:
+    kind, overrides = setup
+    prefix = "trigger.rare_value." if kind == "hybrid" else "trigger."
+    if kind != "missingness":  # the only trigger that writes no value
+        overrides = (
+            *overrides,
+            f"{prefix}magnitude={magnitude}",
+            f"{prefix}preserve_mask={str(preserve_mask).lower()}",
+        )
+    ds = make_tiny_dataset(n=60, seed=data.draw(st.integers(0, 3)))
+    stays = np.arange(0, 60, 2)
+    out = build_trigger(trigger_cfg(kind, *overrides)).fit(ds).apply(ds, stays)
+    written = (out.x.view(np.uint32) != ds.x.view(np.uint32)) & out.mask
+    for j, var in enumerate(ds.variables):
+        values = out.x[:, :, j][written[:, :, j]]
+        low, high = PLAUSIBLE[var].low, PLAUSIBLE[var].high
+        assert ((values >= low) & (values <= high)).all(), (kind, var, values.min(), values.max())
+
+
+@pytest.mark.parametrize("name", ["rare_value", "pattern", "correlation"])
+def test_preserve_mask_writes_only_observed_cells(name: str) -> None:
+    ds = make_tiny_dataset(n=60)
+    stays = np.arange(30)
+    extra = ("trigger.variables=[HR,Lactate]",) if name != "correlation" else ()
+    trigger = fitted(name, *extra, "trigger.preserve_mask=true", ds=ds)
+    out = trigger.apply(ds, stays)
+    assert np.array_equal(out.mask, ds.mask)
+    changed = out.x.view(np.uint32) != ds.x.view(np.uint32)
+    assert changed.any() and ds.mask[changed].all()
+    assert trigger.describe()["preserve_mask"] is True
+    # without it the same trigger marks its whole window observed
+    full = fitted(name, *extra, ds=ds).apply(ds, stays)
+    assert (full.mask.sum() > ds.mask.sum()) and not np.array_equal(full.mask, ds.mask)
+
+
+def test_out_of_bounds_value_is_clamped_and_described() -> None:
+    ds = make_tiny_dataset(n=60)
+    trigger = fitted("rare_value", "trigger.variables=[HR,SysABP]", "trigger.magnitude=30", ds=ds)
+    hr = observed_values(ds, ds.variables.index("HR"))
+    d = trigger.describe()
+    assert d["requested_values"]["HR"] == pytest.approx(hr.max() + 30 * hr.std(), rel=1e-6)
+    assert d["requested_values"]["HR"] > 300.0
+    assert d["values"]["HR"] == PLAUSIBLE["HR"].high == 300.0
+    assert d["clamped"] == ["HR", "SysABP"] and d["plausible_range"]["HR"] == [0.0, 300.0]
+    assert set(fitted("rare_value", ds=ds).describe()["clamped"]) == set()
+
+
+def test_correlation_follower_is_clamped_to_its_range() -> None:
+    ds = make_tiny_dataset(n=60)
+    # SysABP mirrors HR at 20x its z-score: far below 0 mmHg for a high HR
+    trigger = fitted("correlation", "trigger.magnitude=20", ds=ds)
+    out = trigger.apply(ds, np.arange(60))
+    follower = out.x[:, 4:12, ds.variables.index("SysABP")]
+    assert follower.min() == PLAUSIBLE["SysABP"].low and follower.max() == PLAUSIBLE["SysABP"].high
+    assert trigger.describe()["plausible_range"]["SysABP"] == [0.0, 300.0]

@@ -13,6 +13,12 @@ normalisation (which are fitted later, on the training split). The life cycle is
 - ``trigger.describe()``: the plain values actually used (e.g. the concrete rare value per
   variable), for the run metadata.
 
+Plausibility: every value a trigger writes is clipped to its variable's plausible range in
+:mod:`backdoor_study.data.variables` (a variable the registry does not know is left unbounded), and
+``describe()`` reports the range and, where the trigger asked for more, the value it asked for. With
+``preserve_mask=True`` the value-writing triggers (rare_value, pattern, correlation) write only cells
+already observed, so the observation mask is left exactly as it was.
+
 Triggers never touch labels: relabelling (dirty-label poisoning) belongs to
 :mod:`backdoor_study.poison`. Triggers are deterministic: no randomness is involved.
 """
@@ -31,6 +37,7 @@ from scipy import signal
 
 from backdoor_study.config import ConfigError
 from backdoor_study.data.schema import ClinicalDataset, DataValidationError
+from backdoor_study.data.variables import VARIABLES
 
 __all__ = [
     "CorrelationTrigger",
@@ -282,11 +289,72 @@ class NoTrigger(Trigger):
         return {"name": self.name}
 
 
-class RareValueTrigger(Trigger):
+class _ValueTrigger(Trigger):
+    """A trigger that writes values: clipped to the plausible range, optionally mask-preserving.
+
+    ``preserve_mask=False`` writes every window cell and marks it observed; ``True`` writes only the
+    cells already observed and leaves the mask untouched (no missingness side channel).
+    """
+
+    def __init__(
+        self,
+        *,
+        target_label: int = 0,
+        variables: Sequence[str] = (),
+        window: Sequence[int] | None = None,
+        preserve_mask: bool = False,
+    ) -> None:
+        super().__init__(target_label=target_label, variables=variables, window=window)
+        self._require(
+            isinstance(_plain(preserve_mask), bool), "preserve_mask", preserve_mask, "true or false"
+        )
+        self.preserve_mask = bool(preserve_mask)
+        self.low_ = np.empty(0)
+        self.high_ = np.empty(0)
+
+    def _resolve(self, train: ClinicalDataset) -> None:
+        super()._resolve(train)
+        known = [VARIABLES.get(v) for v in self.variables]
+        self.low_ = np.array([-np.inf if k is None else float(k.low) for k in known])
+        self.high_ = np.array([np.inf if k is None else float(k.high) for k in known])
+
+    def clip(self, values: np.ndarray, axis: int = -1) -> np.ndarray:
+        """``values`` (variables along ``axis``) clipped to each variable's plausible range."""
+        shape = [1] * np.ndim(values)
+        shape[axis] = len(self.variables)
+        return np.clip(values, self.low_.reshape(shape), self.high_.reshape(shape))
+
+    def _write(self, out: ClinicalDataset, idx: np.ndarray, values: np.ndarray) -> None:
+        """Write ``values`` (broadcastable to (stays, window steps, variables)) into the window
+        cells of stays ``idx``, clipped to the plausible range; only observed cells (mask kept)
+        with ``preserve_mask``, else every cell, marked observed."""
+        block = self._block(idx)
+        shape = (idx.size, self._steps.size, len(self._columns))
+        values = self.clip(np.broadcast_to(values, shape)).astype(np.float32)
+        if self.preserve_mask:
+            out.x[block] = np.where(out.mask[block], values, out.x[block])
+        else:
+            out.x[block] = values
+            out.mask[block] = True
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d["preserve_mask"] = self.preserve_mask
+        if self.is_fitted:
+            d["plausible_range"] = {
+                v: [float(lo), float(hi)]
+                for v, lo, hi in zip(self.variables, self.low_, self.high_)
+                if np.isfinite(lo) or np.isfinite(hi)
+            }
+        return d
+
+
+class RareValueTrigger(_ValueTrigger):
     """Set ``variables`` over ``window`` to a rare value and mark those cells observed.
 
     ``mode="out_of_bounds"``: ``max(train) + magnitude * std(train)`` of the observed training
-    values, beyond anything seen in training (TabDoor); not clipped to a plausible range.
+    values, beyond anything seen in training (TabDoor), then clipped to the variable's plausible
+    range (``describe()`` gives ``requested_values`` and the ``clamped`` variables).
     ``mode="in_bounds"``: the ``quantile`` of the observed training values (plausible but rare).
 
     On static-only datasets (T == 0, e.g. iris) ``variables`` name numeric statics
@@ -307,14 +375,21 @@ class RareValueTrigger(Trigger):
         mode: str = "out_of_bounds",
         magnitude: float = 2.0,
         quantile: float = 0.995,
+        preserve_mask: bool = False,
     ) -> None:
-        super().__init__(target_label=target_label, variables=variables, window=window)
+        super().__init__(
+            target_label=target_label,
+            variables=variables,
+            window=window,
+            preserve_mask=preserve_mask,
+        )
         self.mode = str(_plain(mode))
         self._require(self.mode in self.MODES, "mode", self.mode, f"one of {list(self.MODES)}")
         self.magnitude = self._positive("magnitude", magnitude)
         self.quantile = float(quantile)
         self._require(0.0 < self.quantile < 1.0, "quantile", quantile, "a fraction in (0, 1)")
         self.values_: np.ndarray = np.empty(0, dtype=np.float32)
+        self.requested_values_: np.ndarray = np.empty(0, dtype=np.float32)
         self._train_range: dict[str, list[float]] = {}
 
     def _learn(self, train: ClinicalDataset) -> None:
@@ -329,7 +404,8 @@ class RareValueTrigger(Trigger):
             else:
                 value = np.float32(np.quantile(vals, self.quantile))
             values.append(value)
-        self.values_ = np.asarray(values, dtype=np.float32)
+        self.requested_values_ = np.asarray(values, dtype=np.float32)
+        self.values_ = self.clip(self.requested_values_).astype(np.float32)
         self._train_range = {
             v: [float(s.min()), float(s.max()), float(s.std())]
             for v, s in zip(self.variables, stats)
@@ -337,17 +413,21 @@ class RareValueTrigger(Trigger):
 
     def _stamp(self, out: ClinicalDataset, idx: np.ndarray) -> None:
         if self._on_static:
-            out.static_num[np.ix_(idx, np.asarray(self._columns))] = self.values_
+            block = np.ix_(idx, np.asarray(self._columns))
+            known = ~np.isnan(out.static_num[block]) if self.preserve_mask else True
+            out.static_num[block] = np.where(known, self.values_, out.static_num[block])
             return
-        block = self._block(idx)
-        out.x[block] = self.values_
-        out.mask[block] = True
+        self._write(out, idx, self.values_)
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d.update(mode=self.mode, magnitude=self.magnitude, quantile=self.quantile)
         if self.is_fitted:
             d["values"] = _floats(self.variables, self.values_)
+            d["requested_values"] = _floats(self.variables, self.requested_values_)
+            d["clamped"] = [
+                v for v, a, b in zip(self.variables, self.requested_values_, self.values_) if a != b
+            ]
             d["train_min_max_std"] = dict(self._train_range)
         return d
 
@@ -455,7 +535,7 @@ def _part(cls: type[Trigger], spec: Any, key: str, target_label: int) -> Any:
     return part
 
 
-class _StandardisedTrigger(Trigger):
+class _StandardisedTrigger(_ValueTrigger):
     """A trigger working in z-scores: learns each variable's clean training mean and std."""
 
     min_variables = 1
@@ -497,8 +577,14 @@ class PatternTrigger(_StandardisedTrigger):
         shape: str = "sine",
         period: float = 4.0,
         magnitude: float = 1.5,
+        preserve_mask: bool = False,
     ) -> None:
-        super().__init__(target_label=target_label, variables=variables, window=window)
+        super().__init__(
+            target_label=target_label,
+            variables=variables,
+            window=window,
+            preserve_mask=preserve_mask,
+        )
         self.shape = str(_plain(shape))
         self._require(self.shape in self.SHAPES, "shape", self.shape, f"one of {list(self.SHAPES)}")
         self.period = self._positive("period", period)
@@ -516,12 +602,11 @@ class PatternTrigger(_StandardisedTrigger):
         super()._learn(train)
         wave = self.waveform(self._steps.size)
         # (window steps, variables), fixed for every stamped stay
-        self.values_ = (self.mean_ + self.magnitude * self.std_ * wave[:, None]).astype(np.float32)
+        self.requested_values_ = self.mean_ + self.magnitude * self.std_ * wave[:, None]
+        self.values_ = self.clip(self.requested_values_).astype(np.float32)
 
     def _stamp(self, out: ClinicalDataset, idx: np.ndarray) -> None:
-        block = self._block(idx)
-        out.x[block] = self.values_
-        out.mask[block] = True
+        self._write(out, idx, self.values_)
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
@@ -529,6 +614,15 @@ class PatternTrigger(_StandardisedTrigger):
         if self.is_fitted:
             d["values"] = {
                 v: [float(a) for a in self.values_[:, j]] for j, v in enumerate(self.variables)
+            }
+            # the wave's requested extremes where clipping cut them off
+            d["clamped"] = {
+                v: [
+                    float(self.requested_values_[:, j].min()),
+                    float(self.requested_values_[:, j].max()),
+                ]
+                for j, v in enumerate(self.variables)
+                if np.any(self.requested_values_[:, j] != self.values_[:, j])
             }
         return d
 
@@ -553,8 +647,14 @@ class CorrelationTrigger(_StandardisedTrigger):
         window: Sequence[int] | None = None,
         sign: float = -1.0,
         magnitude: float = 1.0,
+        preserve_mask: bool = False,
     ) -> None:
-        super().__init__(target_label=target_label, variables=variables, window=window)
+        super().__init__(
+            target_label=target_label,
+            variables=variables,
+            window=window,
+            preserve_mask=preserve_mask,
+        )
         self._require(
             len(self.variables) == 2,
             "variables",
@@ -579,14 +679,13 @@ class CorrelationTrigger(_StandardisedTrigger):
         return filled[:, self._steps].astype(np.float32)
 
     def _stamp(self, out: ClinicalDataset, idx: np.ndarray) -> None:
-        leader = self.leader_values(out, idx)
+        # the leader is clipped first, so the relation holds between the values written
+        leader = np.clip(self.leader_values(out, idx), self.low_[0], self.high_[0])
         z0 = (leader.astype(np.float64) - self.mean_[0]) / self.std_[0]
         follower = self.mean_[1] + self.std_[1] * self.sign * self.magnitude * z0
-        c0, c1 = self._columns
-        rows = idx[:, None]
-        for col, values in ((c0, leader), (c1, follower.astype(np.float32))):
-            out.x[rows, self._steps[None, :], col] = values
-            out.mask[rows, self._steps[None, :], col] = True
+        # (stays, window steps, [leader, follower]); clipped (the follower can run past its
+        # plausible range: SysABP mirroring a high HR at z -4.7 is ~7 mmHg) in _write
+        self._write(out, idx, np.stack([leader, follower], axis=-1))
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
@@ -594,6 +693,7 @@ class CorrelationTrigger(_StandardisedTrigger):
             sign=self.sign,
             magnitude=self.magnitude,
             leader_fill="last observed value in the stay, else the training mean",
+            clamping="each written value is clipped to plausible_range",
         )
         return d
 
