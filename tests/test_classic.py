@@ -332,3 +332,58 @@ def test_accuracy_paradox_on_physionet_mortality(tmp_path, physionet_root, monke
     assert m["physionet2012/majority_class/acc_test"] > 0.85
     assert m["physionet2012/majority_class/recall_test"] == 0.0
     assert m["physionet2012/logreg_weighted/recall_test"] > m["physionet2012/logreg/recall_test"]
+
+
+def test_report_has_the_four_classic_outputs(tmp_path):
+    from backdoor_study import report, summarize
+
+    for rate in (0.0, 0.5):
+        for seed in range(3):
+            for mitigation in ("none", "zscore"):
+                run(
+                    classic_cfg(
+                        tmp_path,
+                        "model=decision_tree",
+                        "attack=label_flip",
+                        f"poison_rate={rate}",
+                        f"seed={seed}",
+                        f"mitigation={mitigation}",
+                    )
+                )
+    run(
+        classic_cfg(
+            tmp_path,
+            "experiment=data_quantity_quality",
+            "data=iris",
+            "curve.seeds=2",
+            "curve.sizes=[0.5,1.0]",
+            "curve.reference_size=0.5",
+            "curve.levels=[0.0,0.5]",
+            "curve.bootstrap=20",
+        )
+    )
+    run(
+        classic_cfg(
+            tmp_path, "experiment=accuracy_paradox", "paradox.physionet=false", "paradox.seeds=2"
+        )
+    )
+    table = summarize.collect(tmp_path, progress=False)
+    assert table["kind"].value_counts().to_dict() == {
+        "classic": 12,
+        "classic_data_quantity": 1,
+        "classic_paradox": 1,
+    }
+    page = report.build_report(table, tmp_path / "report", n_resamples=99, progress=False)
+    text = page.read_text()
+    for title in (
+        "validation outcomes",
+        "mitigation",
+        "Data quantity vs quality",
+        "The accuracy paradox",
+    ):
+        assert title in text, title
+    assert "differ significantly from level 0" in text
+    figures = {p.stem for p in (tmp_path / "report" / "figures").glob("*.png")}
+    assert {"classic_validation", "classic_mitigation"} <= figures
+    assert any(f.startswith("classic_learning_curves") for f in figures)
+    assert any(f.startswith("classic_accuracy_paradox") for f in figures)
