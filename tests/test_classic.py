@@ -197,9 +197,17 @@ def test_sklearn_models_are_not_offered_to_train():
 
 @pytest.mark.slow
 def test_cli_single_run_and_multirun(tmp_path):
-    base = [sys.executable, "-m", "backdoor_study.classic", f"runs_root={tmp_path}"]
+    base = [sys.executable, "-m", "backdoor_study.classic"]
     out = subprocess.run(
-        [*base, "data=iris", "model=logreg", "attack=feature_noise", "poison_rate=0.1", "seed=0"],
+        [
+            *base,
+            f"runs_root={tmp_path}",
+            "data=iris",
+            "model=logreg",
+            "attack=feature_noise",
+            "poison_rate=0.1",
+            "seed=0",
+        ],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -210,6 +218,7 @@ def test_cli_single_run_and_multirun(tmp_path):
         [
             *base,
             "-m",
+            f"runs_root={tmp_path}",
             "model=logreg,decision_tree",
             "attack=label_flip",
             "poison_rate=0,0.5",
