@@ -60,6 +60,11 @@ def validation_stats(
     return described, tests
 
 
+def _seed_range(tests: pd.DataFrame) -> str:
+    lo, hi = int(tests["n_pairs"].min()), int(tests["n_pairs"].max())
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
 def validation_text(described: pd.DataFrame, tests: pd.DataFrame) -> str:
     """What the numbers say: significant drops, significant gains, where the spread grows."""
     if tests.empty:
@@ -69,7 +74,7 @@ def validation_text(described: pd.DataFrame, tests: pd.DataFrame) -> str:
     gains = sig[sig["mean_diff"] > 0]
     lines = [
         f"{len(sig)} of {len(tests)} poisoned configurations differ significantly from level 0 "
-        f"(paired t-test over {int(tests['n_pairs'].min())}-{int(tests['n_pairs'].max())} seeds, "
+        f"(paired t-test over {_seed_range(tests)} seeds, "
         "Holm-corrected): "
         f"{len(drops)} lower, {len(gains)} higher test accuracy."
     ]
@@ -80,7 +85,9 @@ def validation_text(described: pd.DataFrame, tests: pd.DataFrame) -> str:
             .min()
         )
         never = len(g.groupby(["data", "model"])) - len(first)
-        if len(first):
+        if not len(first):
+            lines.append(f"{attack}: no level gives a significant drop for any data x model pair.")
+        else:
             lowest = first.value_counts().sort_index()
             where = ", ".join(f"{r:.0%} in {n}" for r, n in lowest.items())
             lines.append(
@@ -306,9 +313,11 @@ def data_quantity_sections(ctx: ReportContext) -> list[Section]:
             if m.level == 0:
                 continue
             value = f"x{m.multiplier:.2f}" if np.isfinite(m.multiplier) else "never reached"
-            ci = f"95% CI {m.ci_low:.2f}-" + (
-                f"{m.ci_high:.2f}" if np.isfinite(m.ci_high) else "beyond"
-            )
+            if not np.isfinite(m.ci_low):
+                ci = "in no seed resample"
+            else:
+                high = f"{m.ci_high:.2f}" if np.isfinite(m.ci_high) else "beyond the measured sizes"
+                ci = f"95% CI {m.ci_low:.2f} to {high}"
             parts.append(f"{m.level:.0%}: {value} ({ci})")
         lead = (
             f"{row.data}, {row.model}, {row.attack}: the clean model reaches "
