@@ -606,15 +606,15 @@ def log_classic_run(
         )
     tracker.log_artifacts([run_dir / "confusion_matrix.png"], "figures")
     if pipeline is not None and x_example is not None:
-        with tracker._guard():
-            if not tracker.failed:
-                import mlflow.sklearn
+        # saved, then logged as the run's `model` artifact through the client: the fluent
+        # mlflow.set_tracking_uri/start_run would leave a process-wide store (and
+        # $MLFLOW_TRACKING_URI) behind for every later run of the process
+        import tempfile
 
-                mlflow.set_tracking_uri(tracker.uri)
-                with mlflow.start_run(run_id=tracker.run_id):
-                    mlflow.sklearn.log_model(
-                        pipeline, name="model", **_sklearn_model_kwargs(pipeline, x_example)
-                    )
+        with tracker._guard(), tempfile.TemporaryDirectory() as tmp:
+            if not tracker.failed:
+                save_sklearn_model(Path(tmp) / "model", pipeline, x_example)
+                tracker.client.log_artifacts(tracker.run_id, str(Path(tmp) / "model"), "model")
     if metadata.get("mlflow", {}).get("run_id") != tracker.run_id:
         metadata["mlflow"] = {"run_id": tracker.run_id, "tracking_uri": tracker.uri}
         write_json(run_dir / rundir.METADATA_FILE, metadata)

@@ -250,6 +250,10 @@ def test_run_is_logged_to_a_fresh_mlflow_store(tmp_path, monkeypatch):
         "mitigation=zscore",
     )
     metrics = run(cfg)
+    import os
+
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # no process-wide store left behind
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # for runs:/ URIs below
     client = MlflowClient(tracking_uri=uri)
     (logged,) = client.search_runs([client.get_experiment_by_name("classic").experiment_id])
     params = logged.data.params
@@ -268,7 +272,7 @@ def test_run_is_logged_to_a_fresh_mlflow_store(tmp_path, monkeypatch):
     ):
         assert logged.data.metrics[key] == pytest.approx(metrics[key]), key
     artifacts = {a.path for a in client.list_artifacts(logged.info.run_id)}
-    assert {"figures", "poisoned_indices.npy", "metrics.json"} <= artifacts
+    assert {"figures", "model", "poisoned_indices.npy", "metrics.json"} <= artifacts
     import mlflow.sklearn
 
     model = mlflow.sklearn.load_model(f"runs:/{logged.info.run_id}/model")
