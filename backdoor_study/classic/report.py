@@ -365,7 +365,8 @@ def paradox_sections(ctx: ReportContext) -> list[Section]:
                 )
             axes[0][j].set_xticks(x, labels, rotation=15, fontsize=8)
             axes[0][j].set_title(f"{task} ({s['prevalence'].iloc[0]:.1%} positive)")
-        axes[0][-1].legend(fontsize=7)
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=len(metrics), fontsize=8)
         name = ctx.save(f"classic_accuracy_paradox_{run_dir.name}", fig)
         lines = []
         for task in tasks:
