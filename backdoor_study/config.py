@@ -595,6 +595,209 @@ class TrainConfig:
         _require(self.seed >= 0, "seed", self.seed, "an integer >= 0")
 
 
+# ---------------------------------------------------------------------------- classic study
+# The classic sklearn study (``python -m backdoor_study.classic``) has its own config root,
+# conf/classic/, whose `model` group holds scikit-learn estimators; it reuses conf/data and
+# conf/attack through hydra.searchpath (see the ``backdoor_study_conf_dir`` resolver below).
+CLASSIC_MODELS = (
+    "logreg",
+    "random_forest",
+    "decision_tree",
+    "hist_gradient_boosting",
+    "svm",
+    "dummy",
+)
+MITIGATIONS = ("none", "isolation_forest", "lof", "zscore")
+CLASSIC_STUDIES = ("single", "data_quantity_quality", "accuracy_paradox")
+
+
+@dataclass
+class ClassicModelConfig:
+    """A scikit-learn estimator: ``_target_`` plus its keyword arguments (``name`` is ours).
+    The runner sets ``random_state`` to the run's seed where the estimator has one."""
+
+    _target_: str = MISSING
+    name: str = MISSING
+
+    def __post_init__(self) -> None:
+        _require(
+            self.name in CLASSIC_MODELS, "model.name", self.name, f"one of {list(CLASSIC_MODELS)}"
+        )
+
+
+@dataclass
+class LogRegConfig(ClassicModelConfig):
+    _target_: str = "sklearn.linear_model.LogisticRegression"
+    name: str = "logreg"
+    C: float = 1.0
+    max_iter: int = 2000
+
+
+@dataclass
+class RandomForestConfig(ClassicModelConfig):
+    _target_: str = "sklearn.ensemble.RandomForestClassifier"
+    name: str = "random_forest"
+    n_estimators: int = 100
+    max_depth: int | None = None
+
+
+@dataclass
+class DecisionTreeConfig(ClassicModelConfig):
+    _target_: str = "sklearn.tree.DecisionTreeClassifier"
+    name: str = "decision_tree"
+    max_depth: int | None = None
+
+
+@dataclass
+class HistGradientBoostingConfig(ClassicModelConfig):
+    _target_: str = "sklearn.ensemble.HistGradientBoostingClassifier"
+    name: str = "hist_gradient_boosting"
+    max_iter: int = 100
+    learning_rate: float = 0.1
+
+
+@dataclass
+class SVCConfig:
+    _target_: str = "sklearn.svm.SVC"
+    C: float = 1.0
+    kernel: str = "rbf"
+
+
+@dataclass
+class SVMConfig(ClassicModelConfig):
+    """An RBF SVM with probabilities from a sigmoid calibrated by internal cross-validation
+    (scikit-learn's replacement for the deprecated ``SVC(probability=True)``)."""
+
+    _target_: str = "sklearn.calibration.CalibratedClassifierCV"
+    name: str = "svm"
+    estimator: SVCConfig = field(default_factory=SVCConfig)
+    ensemble: bool = False
+
+
+@dataclass
+class DummyConfig(ClassicModelConfig):
+    _target_: str = "sklearn.dummy.DummyClassifier"
+    name: str = "dummy"
+    strategy: str = "most_frequent"
+
+
+@dataclass
+class MitigationConfig:
+    """Sanitise the training split before fitting: drop the rows a data-level detector flags.
+    ``expected_rate`` is the poison fraction the defender budgets for (it does not know the
+    true one)."""
+
+    name: str = "none"
+    detector: str | None = None  # its name in backdoor_study.detectors.DETECTORS
+    expected_rate: float = 0.1
+
+    def __post_init__(self) -> None:
+        _require(
+            self.name in MITIGATIONS, "mitigation.name", self.name, f"one of {list(MITIGATIONS)}"
+        )
+        _require(
+            (self.name == "none") == (self.detector is None),
+            "mitigation.detector",
+            self.detector,
+            "null exactly when mitigation.name is 'none'",
+        )
+        _require(
+            0.0 < self.expected_rate < 1.0,
+            "mitigation.expected_rate",
+            self.expected_rate,
+            "a fraction in (0, 1)",
+        )
+
+
+@dataclass
+class LearningCurveConfig:
+    """``study=data_quantity_quality``: test accuracy vs training-set size at each poison level."""
+
+    levels: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.5])
+    sizes: list[float] = field(
+        default_factory=lambda: [0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.45, 0.65, 1.0]
+    )
+    # fraction of the training split where the clean model's accuracy is the target; 0.1 leaves
+    # room to measure multipliers up to 10
+    reference_size: float = 0.1
+    seeds: int = 10
+    bootstrap: int = 1000
+
+    def __post_init__(self) -> None:
+        for v in self.levels:
+            _require(0.0 <= v < 1.0, "curve.levels", list(self.levels), "fractions in [0, 1)")
+        _require(
+            0.0 in list(self.levels), "curve.levels", list(self.levels), "a list including 0.0"
+        )
+        for v in self.sizes:
+            _require(0.0 < v <= 1.0, "curve.sizes", list(self.sizes), "fractions in (0, 1]")
+        _require(
+            self.reference_size in list(self.sizes),
+            "curve.reference_size",
+            self.reference_size,
+            f"one of curve.sizes={list(self.sizes)}",
+        )
+        _require(self.seeds >= 2, "curve.seeds", self.seeds, "an integer >= 2")
+
+
+@dataclass
+class ParadoxConfig:
+    """``study=accuracy_paradox``: a majority-class model beside a real one on imbalanced tasks."""
+
+    table: str = "breast_cancer"  # made imbalanced: `positive_class` kept at `positive_rate`
+    positive_class: int = 0  # breast_cancer: 0 = malignant
+    positive_rate: float = 0.05
+    physionet: bool = (
+        True  # also PhysioNet 2012 set A mortality (skipped, with the reason, if absent)
+    )
+    seeds: int = 10
+
+    def __post_init__(self) -> None:
+        _require(
+            self.table in SKLEARN_TABLES,
+            "paradox.table",
+            self.table,
+            f"one of {list(SKLEARN_TABLES)}",
+        )
+        _require(
+            0.0 < self.positive_rate < 0.5,
+            "paradox.positive_rate",
+            self.positive_rate,
+            "a minority fraction in (0, 0.5)",
+        )
+        _require(self.seeds >= 2, "paradox.seeds", self.seeds, "an integer >= 2")
+
+
+@dataclass
+class ClassicConfig:
+    data: Any = MISSING
+    model: Any = MISSING
+    attack: Any = MISSING
+    mitigation: MitigationConfig = field(default_factory=MitigationConfig)
+    tracking: Any = MISSING
+    study: str = "single"
+    curve: LearningCurveConfig = field(default_factory=LearningCurveConfig)
+    paradox: ParadoxConfig = field(default_factory=ParadoxConfig)
+    seed: int = 0
+    poison_rate: float = 0.0
+    test_size: float = 0.3
+    class_weighting: bool = False  # balanced sample weights in fit
+    save_model: bool = True  # the fitted pipeline in MLflow's sklearn format, in the run directory
+    overwrite: bool = False
+    runs_root: str = "runs/classic"
+    run_dir: str = MISSING
+
+    def __post_init__(self) -> None:
+        _require(
+            self.study in CLASSIC_STUDIES, "study", self.study, f"one of {list(CLASSIC_STUDIES)}"
+        )
+        _require(
+            0.0 <= self.poison_rate < 1.0, "poison_rate", self.poison_rate, "a fraction in [0, 1)"
+        )
+        _require(0.0 < self.test_size < 1.0, "test_size", self.test_size, "a fraction in (0, 1)")
+        _require(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+
+
 @dataclass
 class EvalConfig:
     run_dir: str = MISSING
@@ -876,6 +1079,7 @@ def register_configs() -> None:
     cs.store(group="schema", name="sanitize", node=SanitizeRunConfig)
     for name, node in DETECTOR_SCHEMAS.items():
         cs.store(group="schema/detector", name=name, node=node)
+    cs.store(group="schema", name="classic", node=ClassicConfig)
     for group, name, node in [
         ("schema/data", "synthetic", SyntheticDataConfig),
         ("schema/data", "physionet2012", PhysioNet2012DataConfig),
@@ -894,6 +1098,13 @@ def register_configs() -> None:
         ("schema/trigger", "correlation", CorrelationTriggerConfig),
         ("schema/attack", "attack", AttackConfig),
         ("schema/tracking", "tracking", TrackingConfig),
+        ("schema/classic_model", "logreg", LogRegConfig),
+        ("schema/classic_model", "random_forest", RandomForestConfig),
+        ("schema/classic_model", "decision_tree", DecisionTreeConfig),
+        ("schema/classic_model", "hist_gradient_boosting", HistGradientBoostingConfig),
+        ("schema/classic_model", "svm", SVMConfig),
+        ("schema/classic_model", "dummy", DummyConfig),
+        ("schema/mitigation", "mitigation", MitigationConfig),
     ]:
         cs.store(group=group, name=name, node=node)
 
@@ -903,4 +1114,17 @@ def validate(cfg: DictConfig) -> None:
     OmegaConf.to_object(cfg)
 
 
+def _register_resolvers() -> None:
+    # conf/classic/classic.yaml adds the main config root to its search path with this, so the
+    # classic app reuses conf/data and conf/attack wherever the package is installed.
+    if not OmegaConf.has_resolver("backdoor_study_conf_dir"):
+        OmegaConf.register_new_resolver("backdoor_study_conf_dir", lambda: str(CONF_DIR))
+    # the classic run directory gets a mitigation level only when one is applied
+    if not OmegaConf.has_resolver("mitigation_subdir"):
+        OmegaConf.register_new_resolver(
+            "mitigation_subdir", lambda name: "" if name == "none" else f"/{name}"
+        )
+
+
 register_configs()
+_register_resolvers()

@@ -523,3 +523,24 @@ def detection_metrics(
         target = _detection_block(is_poisoned[in_target], scores[in_target], flagged[in_target])
     out.update({f"{key}_target": value for key, value in target.items()})
     return out
+
+
+PRF_AVERAGES = ("macro", "weighted")
+
+
+def averaged_prf(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, suffix: str) -> dict:
+    """Precision, recall and F1 of hard predictions, each both ``macro`` (every class weighs the
+    same) and ``weighted`` (by class support), as the classic study reports them.
+
+    ``y_true``, ``y_pred`` (N,) labels in ``0..n_classes-1``. Keys ``{precision,recall,f1}_
+    {macro,weighted}_{suffix}``; a class with no predicted / true members scores 0.
+    """
+    out: dict = {}
+    for average in PRF_AVERAGES:
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            y_true, y_pred, labels=np.arange(n_classes), average=average, zero_division=0
+        )
+        out[f"precision_{average}_{suffix}"] = float(precision)
+        out[f"recall_{average}_{suffix}"] = float(recall)
+        out[f"f1_{average}_{suffix}"] = float(f1)
+    return out

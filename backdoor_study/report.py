@@ -889,5 +889,12 @@ def _main() -> None:
     hydra_entry("report", main)
 
 
+# Sections of other run kinds register themselves on import (here, after the registry exists).
+from backdoor_study.classic import report as _classic_report  # noqa: E402, F401
+
 if __name__ == "__main__":
-    _main()
+    # Run the imported module's copy: its SECTIONS is the registry other modules extended
+    # (under `python -m`, this file is also __main__, a second module object).
+    from backdoor_study.report import _main as _registered_main
+
+    _registered_main()

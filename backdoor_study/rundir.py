@@ -41,7 +41,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from backdoor_study.training.checkpoint import list_checkpoints
-from backdoor_study.utils import read_json, sha256_file
+from backdoor_study.utils import atomic_write_text, read_json, sha256_file
 
 if TYPE_CHECKING:
     from backdoor_study.experiment import Prepared
@@ -166,6 +166,27 @@ def differing_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> li
 def recorded_identity(run_dir: Path) -> dict[str, Any]:
     meta_path = run_dir / METADATA_FILE
     return read_metadata(run_dir).get("config_identity", {}) if meta_path.exists() else {}
+
+
+def refuse_other_config(
+    run_dir: Path, state: RunState, digest: str, identity: dict[str, Any], overwrite: bool
+) -> bool:
+    """The never-clobber rule: a run directory holding a run of another config is refused
+    (naming the differing keys) unless ``overwrite``. Returns whether the old run is to be
+    replaced; nothing is deleted here (the replacement is built beside it, see
+    :func:`staging_dir` and :func:`replace_with`)."""
+    if not (
+        state.has_run and state.recorded_digest is not None and state.recorded_digest != digest
+    ):
+        return False
+    if not overwrite:
+        diff = differing_keys(recorded_identity(run_dir), identity)
+        raise RunDirError(
+            f"{run_dir} holds a run with a different config (differs in: {', '.join(diff) or 'unknown'}); "
+            "choose another runs_root/run_dir, or pass overwrite=true to replace it"
+        )
+    log.warning("overwrite=true: the run in %s is replaced once this one completes", run_dir)
+    return True
 
 
 def remove_stale_tmp(run_dir: Path) -> list[Path]:
@@ -312,6 +333,28 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_config(run_dir: Path, cfg: DictConfig) -> None:
+    """``.hydra/config.yaml`` and ``.hydra/overrides.yaml`` (as Hydra composed them) and
+    ``config_resolved.yaml``, without the ``hydra`` node; atomic writes."""
+    container = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+    container.pop("hydra", None)
+    plain = OmegaConf.create(container)
+    atomic_write_text(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(plain))
+    atomic_write_text(
+        run_dir / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(_overrides()))
+    )
+    atomic_write_text(run_dir / RESOLVED_CONFIG_FILE, OmegaConf.to_yaml(plain, resolve=True))
+
+
+def _overrides() -> list[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # not under @hydra.main (tests call run() directly)
+        return []
 
 
 def git_commit() -> dict[str, Any]:

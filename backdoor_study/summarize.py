@@ -38,7 +38,15 @@ log = logging.getLogger("backdoor_study.summarize")
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_PARQUET = "summary.parquet"
-KINDS = ("train", "clean_reference", "detect", "sanitize")
+KINDS = (
+    "train",
+    "clean_reference",
+    "detect",
+    "sanitize",
+    "classic",
+    "classic_data_quantity",
+    "classic_paradox",
+)
 # Directories under a runs root that hold no run (reports, MLflow stores, Hydra's own files).
 SKIP_DIRS = {"report", rundir.TRACKING_ARTIFACTS_DIR, "mlruns", "__pycache__"}
 # config column -> dotted key in a run's config_resolved.yaml
@@ -57,6 +65,13 @@ CONFIG_KEYS = {
     "epochs": "epochs",
     "selection": "trainer.selection",
     "threshold_rule": "metrics.threshold",
+    "mitigation": "mitigation.name",  # the classic study (backdoor_study.classic)
+}
+# The classic study's run directories follow train's layout; run_metadata.json names the study.
+CLASSIC_KINDS = {
+    "single": "classic",
+    "data_quantity_quality": "classic_data_quantity",
+    "accuracy_paradox": "classic_paradox",
 }
 FIRST_COLUMNS = (
     "kind",
@@ -119,11 +134,12 @@ def train_row(marker: Path, runs_root: Path) -> dict[str, Any] | None:
     if not (run_dir / rundir.RESOLVED_CONFIG_FILE).exists() or (run_dir / "sanitize.json").exists():
         return None
     kind = "clean_reference" if run_dir.name == "clean_reference" else "train"
+    meta_path = run_dir / rundir.METADATA_FILE
+    meta = read_json(meta_path) if meta_path.exists() else {}
+    kind = CLASSIC_KINDS.get(meta.get("study"), kind)
     row = {"kind": kind, **config_columns(run_dir), "run_dir": str(run_dir)}
     row.update(mlflow_run(run_dir))
-    meta_path = run_dir / rundir.METADATA_FILE
     if meta_path.exists():
-        meta = read_json(meta_path)
         row["config_digest"] = meta.get("config_digest")
         row["data_digest"] = (meta.get("data") or {}).get("digest")
         row["total_s"] = (meta.get("timings") or {}).get("total_s")

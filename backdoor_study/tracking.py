@@ -46,7 +46,7 @@ TRACKING_ENV = "BACKDOOR_STUDY_TRACKING"
 STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = rundir.TRACKING_ARTIFACTS_DIR
 TAG = "backdoor_study."  # prefix of our own tags
-KINDS = ("train", "eval", "detect", "sanitize")
+KINDS = ("train", "eval", "detect", "sanitize", "classic")
 # Run directory files logged as artifacts when present.
 RUN_ARTIFACTS = (
     rundir.RESOLVED_CONFIG_FILE,
@@ -538,6 +538,114 @@ def log_eval_run(
         {**result.get("metrics", {}), "matches_train": result.get("matches_train")},
         [result_file],
     )
+
+
+# --------------------------------------------------------------------------------------- classic study
+# MLflow saves sklearn models with skops (no arbitrary pickle). Our own pipelines hold these types
+# beyond skops' default trusted set (tree node arrays, HistGradientBoosting predictors, the SVM's
+# calibration); we wrote the files ourselves, so loading them back is trusted.
+SKOPS_TRUSTED_TYPES = [
+    "numpy.dtype",
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.tree._tree.Tree",
+]
+SKLEARN_MODEL_REQUIREMENTS = ("scikit-learn", "numpy", "scipy", "skops", "mlflow")
+CLASSIC_ARTIFACTS = (*RUN_ARTIFACTS, "split.json", "poisoned_indices.npy", "flagged_indices.npy")
+
+
+def _sklearn_model_kwargs(pipeline: Any, x_example: np.ndarray) -> dict[str, Any]:
+    from importlib import metadata as importlib_metadata
+
+    from mlflow.models import infer_signature
+
+    return {
+        "signature": infer_signature(x_example, pipeline.predict(x_example)),
+        "skops_trusted_types": SKOPS_TRUSTED_TYPES,
+        # stated, not inferred: inference imports every loaded package (seconds per model)
+        "pip_requirements": [
+            f"{pkg}=={importlib_metadata.version(pkg)}" for pkg in SKLEARN_MODEL_REQUIREMENTS
+        ],
+    }
+
+
+def save_sklearn_model(path: Path, pipeline: Any, x_example: np.ndarray) -> None:
+    """A fitted scikit-learn model in MLflow's sklearn format at ``path`` (a directory;
+    ``mlflow.sklearn.load_model`` reads it back), with a signature inferred from ``x_example``
+    (N, D). Written beside ``path`` and renamed into place, replacing what was there."""
+    import shutil
+    import tempfile
+
+    import mlflow.sklearn
+
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        mlflow.sklearn.save_model(
+            pipeline, tmp / "model", **_sklearn_model_kwargs(pipeline, x_example)
+        )
+        if path.exists():
+            shutil.rmtree(path)
+        (tmp / "model").rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def classic_tags(run_cfg: DictConfig, metadata: dict[str, Any]) -> dict[str, Any]:
+    """Tags of a classic-study run: what was poisoned how, sanitised how, on which data."""
+    return {
+        "model": run_cfg.model.name,
+        "attack": run_cfg.attack.name,
+        "poison_rate": run_cfg.poison_rate,
+        "seed": run_cfg.seed,
+        "mitigation": run_cfg.mitigation.name,
+        "data": run_cfg.data.name,
+        "data_digest": metadata.get("data", {}).get("digest"),
+        "git_commit": metadata.get("environment", {}).get("git", {}).get("commit"),
+    }
+
+
+def log_classic_run(
+    tracker: Tracker,
+    run_dir: str | Path,
+    params: dict[str, Any],
+    pipeline: Any = None,
+    x_example: np.ndarray | None = None,
+) -> None:
+    """Log a completed classic run directory: ``params`` (dataset, model, attack, level, seed,
+    n poisoned, mitigation), its final metrics, the dataset input, the confusion matrix and the
+    poisoned indices, and the fitted ``pipeline`` via ``mlflow.sklearn`` with a signature
+    inferred from ``x_example``. Records the MLflow run id in run_metadata.json."""
+    if not isinstance(tracker, MlflowTracker):
+        return
+    run_dir = Path(run_dir)
+    metadata = read_json(run_dir / rundir.METADATA_FILE)
+    run_cfg = OmegaConf.load(run_dir / rundir.RESOLVED_CONFIG_FILE)
+    tracker.set_tags(classic_tags(run_cfg, metadata))
+    tracker.log_params(
+        {k: json.dumps(v) if not isinstance(v, str) else v for k, v in params.items()}
+    )
+    tracker.log_final(read_json(run_dir / rundir.METRICS_FILE))
+    data = metadata.get("data", {})
+    if data.get("digest"):
+        tracker.log_dataset(
+            data.get("name", "data"), data["digest"], data.get("source", {}), "train"
+        )
+    tracker.log_artifacts([run_dir / "confusion_matrix.png"], "figures")
+    if pipeline is not None and x_example is not None:
+        # saved, then logged as the run's `model` artifact through the client: the fluent
+        # mlflow.set_tracking_uri/start_run would leave a process-wide store (and
+        # $MLFLOW_TRACKING_URI) behind for every later run of the process
+        import tempfile
+
+        with tracker._guard(), tempfile.TemporaryDirectory() as tmp:
+            if not tracker.failed:
+                save_sklearn_model(Path(tmp) / "model", pipeline, x_example)
+                tracker.client.log_artifacts(tracker.run_id, str(Path(tmp) / "model"), "model")
+    if metadata.get("mlflow", {}).get("run_id") != tracker.run_id:
+        metadata["mlflow"] = {"run_id": tracker.run_id, "tracking_uri": tracker.uri}
+        write_json(run_dir / rundir.METADATA_FILE, metadata)
+    tracker.log_artifacts([run_dir / f for f in CLASSIC_ARTIFACTS])
 
 
 def train_run_id(run_dir: str | Path) -> tuple[str | None, str | None]:

@@ -245,14 +245,7 @@ def _check_run_dir(
     overwrite = bool(cfg.overwrite)
     resume = cfg.resume
     same = state.recorded_digest == digest
-    if state.has_run and state.recorded_digest is not None and not same:
-        if not overwrite:
-            diff = rundir.differing_keys(rundir.recorded_identity(run_dir), identity)
-            raise rundir.RunDirError(
-                f"{run_dir} holds a run with a different config (differs in: {', '.join(diff) or 'unknown'}); "
-                "choose another runs_root/run_dir, or pass overwrite=true to replace it"
-            )
-        log.warning("overwrite=true: the run in %s is replaced once this one completes", run_dir)
+    if rundir.refuse_other_config(run_dir, state, digest, identity, overwrite):
         return _Plan(replace=True)
     if state.complete and same:
         return "skip"
@@ -307,14 +300,7 @@ def _start_run_dir(
     resume_from: str | None,
 ) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
-    hydra_dir = run_dir / ".hydra"
-    atomic_write_text(hydra_dir / "config.yaml", OmegaConf.to_yaml(_without_hydra(cfg)))
-    atomic_write_text(
-        hydra_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(_overrides()))
-    )
-    atomic_write_text(
-        run_dir / rundir.RESOLVED_CONFIG_FILE, OmegaConf.to_yaml(_without_hydra(cfg), resolve=True)
-    )
+    rundir.write_config(run_dir, cfg)
     write_json(run_dir / "splits.json", prepared.splits.to_json(prepared.dataset))
     buf = io.BytesIO()
     np.save(buf, prepared.poison.poisoned_indices.astype(np.int64))
@@ -339,21 +325,6 @@ def _start_run_dir(
     }
     write_json(run_dir / rundir.METADATA_FILE, metadata)
     return metadata
-
-
-def _without_hydra(cfg: DictConfig) -> DictConfig:
-    container = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
-    container.pop("hydra", None)
-    return OmegaConf.create(container)
-
-
-def _overrides() -> list[str]:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return list(HydraConfig.get().overrides.task)
-    except ValueError:  # not under @hydra.main (tests call run() directly)
-        return []
 
 
 def _factory(node: Any) -> Any:

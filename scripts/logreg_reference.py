@@ -30,8 +30,7 @@ from threadpoolctl import threadpool_limits
 from backdoor_study.config import PhysioNet2012DataConfig
 from backdoor_study.data import load_dataset
 from backdoor_study.data.physionet2012 import default_root
-from backdoor_study.data.schema import ClinicalDataset
-from backdoor_study.data.summaries import per_variable_summaries
+from backdoor_study.data.summaries import tabular_features
 from backdoor_study.metrics import auprc, auroc
 from backdoor_study.utils import write_json
 
@@ -39,19 +38,6 @@ SEED = 0
 N_FOLDS = 5
 INNER_FOLDS = 3
 C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
-
-
-def features(ds: ClinicalDataset) -> tuple[np.ndarray, list[str]]:
-    """(N, 37 * 6 + 3 + one-hot levels) float matrix, NaN where a summary or static is unknown."""
-    summaries, suffixes = per_variable_summaries(ds.x, ds.mask)
-    names = [f"{ds.variables[int(s.split(':')[0])]}:{s.split(':')[1]}" for s in suffixes]
-    blocks = [summaries, ds.static_num.astype(np.float32)]
-    names += list(ds.static_num_names)
-    for j, (cat, levels) in enumerate(zip(ds.static_cat_names, ds.static_cat_levels)):
-        codes = ds.static_cat[:, j]
-        blocks.append((codes[:, None] == np.arange(len(levels))[None, :]).astype(np.float32))
-        names += [f"{cat}={level}" for level in levels]
-    return np.concatenate(blocks, axis=1), names
 
 
 def make_model() -> GridSearchCV:
@@ -82,7 +68,7 @@ def run(root: Path, cache_dir: str, n_steps: int = 48) -> dict[str, Any]:
     )
     loaded = load_dataset(cfg)
     assert loaded.external_test is not None
-    x, names = features(loaded.dataset)
+    x, names = tabular_features(loaded.dataset)
     y = loaded.dataset.y
     is_b = loaded.external_test
     x_a, y_a, x_b, y_b = x[~is_b], y[~is_b], x[is_b], y[is_b]

@@ -121,6 +121,35 @@ def make_splits(
     return splits
 
 
+def holdout_split(
+    ds: ClinicalDataset, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A train / test split (no validation split), by patient and stratified on the label like
+    :func:`make_splits`: sorted int64 (train, test) positions, deterministic for ``seed``.
+    The classic sklearn study uses it (70/30 by default); both splits hold every class."""
+    if ds.n_classes < 2 or np.unique(ds.y).size < 2:
+        raise DataValidationError(
+            f"'{ds.name}' holds a single class ({np.unique(ds.y).tolist()}): a classifier needs "
+            "at least two"
+        )
+    patients, inverse = np.unique(ds.patient_id, return_inverse=True)
+    patient_label = np.zeros(patients.size, dtype=np.int64)
+    np.maximum.at(patient_label, inverse, ds.y)
+    stratify = patient_label if np.bincount(patient_label).min() >= 2 else None
+    p_train, p_test = train_test_split(
+        np.arange(patients.size), test_size=test_fraction, random_state=seed, stratify=stratify
+    )
+    train = np.flatnonzero(np.isin(inverse, p_train)).astype(np.int64)
+    test = np.flatnonzero(np.isin(inverse, p_test)).astype(np.int64)
+    for name, idx in (("train", train), ("test", test)):
+        if np.unique(ds.y[idx]).size < 2:
+            raise DataValidationError(
+                f"the {name} split of '{ds.name}' ({idx.size} stays) holds a single class; "
+                "use a larger dataset or another test_size"
+            )
+    return train, test
+
+
 def check_splits(ds: ClinicalDataset, splits: Splits) -> None:
     """Every split non-empty with at least two classes; no patient in two splits."""
     seen: dict[str, set[int]] = {}
