@@ -314,11 +314,7 @@ def merged(paths: list[str]) -> pd.DataFrame:
     table = pd.concat([pd.read_csv(path) for path in paths], ignore_index=True)
     table = table.drop_duplicates(key, keep="last")
     order = {name: i for i, name in enumerate(VARIANTS)}
-    return table.sort_values(
-        ["variant", "model"],
-        key=lambda c: c.map(order) if c.name == "variant" else c,
-        kind="stable",
-    )
+    return table.sort_values("variant", key=lambda c: c.map(order), kind="stable")
 
 
 def write(args: argparse.Namespace, table: pd.DataFrame, seconds: float) -> pd.DataFrame:
