@@ -91,6 +91,32 @@ def test_a_different_config_in_the_same_directory_is_refused(tmp_path):
     assert run(classic_cfg(tmp_path, "poison_rate=0.1", "attack.noise_std=3.0", "overwrite=true"))
 
 
+def test_overwrite_that_fails_leaves_the_old_run_intact(tmp_path, monkeypatch):
+    """overwrite=true builds the new run beside the old one: a failure mid-run loses nothing."""
+    import backdoor_study.classic.runner as runner
+
+    first = run(classic_cfg(tmp_path, "poison_rate=0.1"))
+    run_dir = next(tmp_path.rglob("metrics.json")).parent
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected failure while fitting")
+
+    monkeypatch.setattr(runner, "fit_and_score", broken)
+    with pytest.raises(RuntimeError, match="injected"):
+        run(classic_cfg(tmp_path, "poison_rate=0.1", "attack.noise_std=3.0", "overwrite=true"))
+    after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    assert after == before
+    assert read_json(run_dir / "metrics.json")["acc_test"] == first["acc_test"]
+    monkeypatch.undo()
+    replaced = run(
+        classic_cfg(tmp_path, "poison_rate=0.1", "attack.noise_std=3.0", "overwrite=true")
+    )
+    assert not replaced.get("skipped")
+    assert not list(run_dir.parent.glob(".*.new")) and not list(run_dir.parent.glob(".*.old"))
+    assert read_json(run_dir / "run_metadata.json")["config_identity"]["attack"]["noise_std"] == 3.0
+
+
 @pytest.mark.parametrize("model", ["logreg", "random_forest", "decision_tree", "svm"])
 def test_level_zero_equals_the_clean_run_exactly(tmp_path, model):
     """poison_rate=0 under either attack is the clean model: same metrics as fitting the clean
