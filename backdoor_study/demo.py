@@ -8,14 +8,11 @@
 
 then print where the page is and the ``mlflow ui`` command for the tracked runs. Completed runs,
 detections and sanitized retrains are skipped, so a second invocation only rebuilds the report.
-Stages whose entry point is not in this build (``detect`` / ``sanitize`` of issue #7, MLflow
-tracking of issue #10) are skipped with a warning naming the missing piece.
+The training grid is also the train sweep preset ``experiment=demo`` (tests keep the two equal).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import itertools
 import logging
 import time
@@ -26,7 +23,7 @@ import pandas as pd
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from backdoor_study import report, summarize
+from backdoor_study import detect, report, sanitize, summarize
 from backdoor_study.config import CONF_DIR
 from backdoor_study.study import Cell, compose_config, run_grid
 from backdoor_study.utils import atomic_write_text
@@ -85,33 +82,14 @@ def _line(row: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------------------- stages
-def _option_exists(group: str, name: str) -> bool:
-    return (CONF_DIR / group / f"{name}.yaml").is_file()
-
-
 def tracking_overrides(cfg: DictConfig) -> list[str]:
-    """``tracking=<cfg.track_with>`` where this build has that option (MLflow: issue #10)."""
-    if _option_exists("tracking", str(cfg.track_with)):
-        return [f"tracking={cfg.track_with}"]
-    log.warning(
-        "tracking=%s is not in this build (conf/tracking/): runs are not tracked", cfg.track_with
-    )
-    return []
-
-
-def _entry_point(name: str) -> Any | None:
-    """``backdoor_study.<name>`` with its ``run(cfg)``, or None where this build lacks it."""
-    if importlib.util.find_spec(f"backdoor_study.{name}") is None:
-        log.warning("backdoor_study.%s is not in this build (issue #7): stage skipped", name)
-        return None
-    return importlib.import_module(f"backdoor_study.{name}")
+    """``tracking=<cfg.track_with>`` for every stage (conf/tracking/: mlflow, none)."""
+    return [f"tracking={cfg.track_with}"]
 
 
 def compose_stage(name: str, overrides: list[str], tracking: list[str]) -> DictConfig:
-    """The ``name`` config with ``overrides``, tracked like the training runs where that config has
-    a ``tracking`` group (issue #10 adds it to detect and sanitize)."""
-    cfg = compose_config(name, overrides)
-    return compose_config(name, [*overrides, *tracking]) if tracking and "tracking" in cfg else cfg
+    """The ``name`` config with ``overrides``, tracked like the training runs."""
+    return compose_config(name, [*overrides, *tracking])
 
 
 def detectors(cfg: DictConfig) -> list[str]:
@@ -123,9 +101,8 @@ def detectors(cfg: DictConfig) -> list[str]:
 
 def detect_all(cfg: DictConfig, run_dirs: list[str], tracking: list[str]) -> int:
     """Every detector on every run in ``run_dirs`` -> ``{run_dir}/detect/{detector}/``."""
-    detect = _entry_point("detect")
     names = detectors(cfg)
-    if detect is None or not names:
+    if not names:
         return 0
     jobs = list(itertools.product(names, run_dirs))
     for name, run_dir in tqdm(jobs, desc="detect", unit="run"):
@@ -140,17 +117,14 @@ def detect_all(cfg: DictConfig, run_dirs: list[str], tracking: list[str]) -> int
 def best_detector(runs_root: str) -> str | None:
     """The detector with the highest mean detection AUROC over the runs tree (None: no detection)."""
     table = summarize.collect(runs_root, progress=False)
-    detect = table[table["kind"] == "detect"] if "kind" in table else table.iloc[0:0]
-    if detect.empty or report.DETECTION_AUROC not in detect:
+    found = table[table["kind"] == "detect"] if "kind" in table else table.iloc[0:0]
+    if found.empty or report.DETECTION_AUROC not in found:
         return None
-    return str(detect.groupby("detector")[report.DETECTION_AUROC].mean().idxmax())
+    return str(found.groupby("detector")[report.DETECTION_AUROC].mean().idxmax())
 
 
 def sanitize_all(cfg: DictConfig, run_dirs: list[str], detector: str, tracking: list[str]) -> int:
     """Retrain every run in ``run_dirs`` without what ``detector`` flagged."""
-    sanitize = _entry_point("sanitize")
-    if sanitize is None:
-        return 0
     # the retrain is the run's own resolved config: it keeps the run's tracking node
     retrain = ["trainer.progress=false"]
     for run_dir in tqdm(run_dirs, desc=f"sanitize ({detector})", unit="run"):
@@ -238,7 +212,7 @@ def main(cfg: DictConfig) -> None:
     if out["mlflow_ui"]:
         print(f"browse the tracked runs: {out['mlflow_ui']}")
     else:
-        print("no run recorded an MLflow run (tracking=none, or no tracking in this build)")
+        print("no run recorded an MLflow run (track_with=none)")
 
 
 def _main() -> None:

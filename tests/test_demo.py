@@ -56,3 +56,26 @@ def test_demo_detectors_all_lists_the_detector_group() -> None:
     cfg = compose_config("demo", [])
     names = demo.detectors(cfg)
     assert {"spectral", "activation_clustering", "spectre", "saliency"} <= set(names)
+
+
+def test_experiment_demo_preset_is_the_demo_training_grid() -> None:
+    """`train -m experiment=demo` and `make demo` train the same runs (one grid, two launchers)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from backdoor_study.config import CONF_DIR
+
+    demo_cfg = compose_config("demo", [])
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        preset = compose("train", ["experiment=demo"], return_hydra_config=True)
+    params = {k: str(v).split(",") for k, v in preset.hydra.sweeper.params.items()}
+    assert params["model"] == list(demo_cfg.models)
+    assert params["trigger"] == list(demo_cfg.triggers)
+    assert [float(r) for r in params["poison_rate"]] == [float(r) for r in demo_cfg.poison_rates]
+    assert [int(s) for s in params["seed"]] == list(demo_cfg.seeds)
+    assert preset.epochs == demo_cfg.epochs and preset.runs_root == demo_cfg.runs_root
+    extra = dict(o.split("=", 1) for o in demo_cfg.train_overrides)
+    assert int(extra["data.dev_size"]) == preset.data.dev_size
+    assert extra["data.data_dir"] == preset.data.data_dir
+    assert int(extra["metrics.bootstrap"]) == preset.metrics.bootstrap
