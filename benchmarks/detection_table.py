@@ -10,8 +10,8 @@ and CSVs. Everything is skipped when already complete, so an interrupted grid re
     python benchmarks/detection_table.py --models mlp lstm --variants rare_value --rates 0.05 0.01
     python benchmarks/detection_table.py --detectors spectre --sanitize spectre --seeds 1
 
-The full grid: every detector x MLP / LSTM / TCN / TabTransformer x rare_value / hybrid at 1% and
-5%, plus ``pattern_noreg`` (the pattern trigger, 3 std, in the recipe where it implants: no weight
+The full grid: every detector x MLP / LSTM / TCN / TabTransformer x rare_value /
+rare_value_strong (the trigger that implants at 1%) / hybrid at 1% and 5%, plus ``pattern_noreg`` (the pattern trigger, 3 std, in the recipe where it implants: no weight
 decay or dropout, 30 epochs, last epoch; docs/attack_findings.md), 3 seeds.
 """
 
@@ -36,6 +36,7 @@ from backdoor_study.utils import atomic_write_text
 # name -> the train overrides that make it (per model where the recipe names model keys)
 VARIANTS: dict[str, list[str]] = {
     "rare_value": ["trigger=rare_value"],
+    "rare_value_strong": ["trigger=rare_value_strong"],
     "hybrid": ["trigger=hybrid"],
     "pattern_noreg": [
         "trigger=pattern",
@@ -51,7 +52,16 @@ NO_DROPOUT = {
     "tcn": ["model.dropout=0.0"],
     "tabtransformer": ["model.attn_dropout=0.0", "model.ff_dropout=0.0"],
 }
-DETECTION_METRICS = ["auroc", "auprc", "recall", "precision", "flagged_fraction", "wall_s"]
+DETECTION_METRICS = [
+    "auroc",
+    "auprc",
+    "recall",
+    "precision",
+    "tpr_at_fpr_0.01",
+    "tpr_at_fpr_0.05",
+    "flagged_fraction",
+    "wall_s",
+]
 SANITIZE_METRICS = [
     "ASR_before",
     "ASR_after",
@@ -130,14 +140,16 @@ def _cell(mean: float, std: float) -> str:
 
 def detection_markdown(agg: pd.DataFrame) -> str:
     lines = [
-        "| trigger | model | poison rate | detector | detection AUROC | recall at budget | precision | flagged | seconds | seeds |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| trigger | model | poison rate | detector | detection AUROC | recall at budget | precision | TPR at 1% FPR | TPR at 5% FPR | flagged | seconds | seeds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for _, r in agg.iterrows():
         lines.append(
             f"| {r['variant']} | {r['model']} | {r['poison_rate']} | {r['detector']} | "
             f"{_cell(r['auroc_mean'], r['auroc_std'])} | {_cell(r['recall_mean'], r['recall_std'])} | "
             f"{_cell(r['precision_mean'], r['precision_std'])} | "
+            f"{_cell(r['tpr_at_fpr_0.01_mean'], r['tpr_at_fpr_0.01_std'])} | "
+            f"{_cell(r['tpr_at_fpr_0.05_mean'], r['tpr_at_fpr_0.05_std'])} | "
             f"{_cell(r['flagged_fraction_mean'], r['flagged_fraction_std'])} | "
             f"{r['wall_s_mean']:.1f} | {int(r['n_seeds'])} |"
         )
@@ -248,7 +260,8 @@ def main() -> None:
         "mean ± standard deviation over seeds). Detection AUROC ranks every training stay by the "
         "detector's score against the truth (`poisoned_indices.npy`); recall and precision are of "
         "the flagged set, at the flag budget `eps_multiplier` (1.5) x the run's poison rate per "
-        "class; seconds are the detector's own time (features + scoring) on the training split.\n\n"
+        "class; TPR at 1% / 5% FPR is the best recall any score threshold reaches at that false-positive "
+        "rate; seconds are the detector's own time (features + scoring) on the training split.\n\n"
         "## Detection\n\n" + detection_markdown(det_agg)
     )
     if sanitized:
