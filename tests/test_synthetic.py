@@ -224,6 +224,38 @@ def test_loader_writes_the_seed_layout(tmp_path):
     assert full.n_stays == 600 and full.digest() == main.digest()
 
 
+def test_two_processes_generating_one_layout_at_once_both_get_it(tmp_path):
+    """Parallel sweep jobs on a fresh machine: one generates, the other waits and reads it
+    (before, both wrote the same temp file and one crashed)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from omegaconf import OmegaConf; "
+        "from backdoor_study.config import SyntheticDataConfig; "
+        "from backdoor_study.data import load_dataset; "
+        "import backdoor_study.data.synthetic as syn; calls = []; gen = syn.generate_cohort; "
+        "syn.generate_cohort = lambda *a, **k: (calls.append(1), gen(*a, **k))[1]; "
+        "cfg = OmegaConf.structured(SyntheticDataConfig(n_stays=20000, dev_size=500, seed=5, "
+        "data_dir=sys.argv[1])); print(len(calls), load_dataset(cfg).dataset.digest(), len(calls))"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path / "data")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    lines = [out.strip().splitlines()[-1].split() for out, _ in outs]
+    assert len({digest for _, digest, _ in lines}) == 1
+    assert sum(int(calls) for _, _, calls in lines) == 1  # generated once, read by the other
+    assert not list((tmp_path / "data").rglob("*.tmp"))
+
+
 def test_second_load_reads_and_does_not_regenerate(tmp_path, monkeypatch):
     first = load_dataset(_cfg(tmp_path)).dataset
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}

@@ -35,6 +35,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from backdoor_study.utils import atomic_write_bytes
+
 METADATA_KEY = b"backdoor_study"
 RESERVED_COLUMNS = ("stay_id", "patient_id", "label")
 ARRAY_FIELDS = ("x", "mask", "static_num", "static_cat", "y", "stay_id", "patient_id")
@@ -263,12 +265,10 @@ def to_table(ds: ClinicalDataset) -> pa.Table:
 
 def write_parquet(ds: ClinicalDataset, path: str | Path) -> Path:
     """Write atomically (temp file + rename): a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(to_table(ds), tmp, compression="zstd")
-    tmp.replace(path)
-    return path
+    sink = pa.BufferOutputStream()
+    pq.write_table(to_table(ds), sink, compression="zstd")
+    # a unique temp file per writer: two processes writing the same path never share one
+    return atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
 def read_parquet(path: str | Path, name: str | None = None) -> ClinicalDataset:

@@ -38,7 +38,7 @@ from backdoor_study.data.schema import (
 )
 from backdoor_study.data.splits import make_splits
 from backdoor_study.data.variables import lookup
-from backdoor_study.utils import read_json, write_json
+from backdoor_study.utils import exclusive_lock, read_json, write_json
 
 # Bump when a change to the generator changes its output for the same parameters: a layout on
 # disk written by another version is then refused instead of being read as if it were current.
@@ -826,6 +826,13 @@ def prepare_seed_layout(
     when there is no manifest yet; afterwards the manifest's recorded split is kept.
     """
     data_dir = Path(data_dir)
+    # One process generates at a time (parallel sweep jobs on a fresh machine); the others wait
+    # and then find the layout complete. The lock file sits beside data_dir, not in it.
+    with exclusive_lock(data_dir.parent / f".{data_dir.name}.lock"):
+        return _prepare_seed_layout(data_dir, params, split_cfg)
+
+
+def _prepare_seed_layout(data_dir: Path, params: dict[str, Any], split_cfg: Any) -> dict[str, Any]:
     paths = _layout_paths(data_dir)
     manifest_path = data_dir / MANIFEST_FILE
     manifest = read_json(manifest_path) if manifest_path.exists() else None
