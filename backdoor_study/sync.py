@@ -58,8 +58,19 @@ def _records(
 ) -> Iterator[tuple[str, Path, str, Callable[[], None]]]:
     """What one training run directory holds to log: (kind, directory, digest, how to log it) for
     the training run, its eval, its detections and its sanitize results."""
-    digest = read_json(run_dir / rundir.METADATA_FILE)["config_digest"]
+    metadata = read_json(run_dir / rundir.METADATA_FILE)
+    digest = metadata["config_digest"]
     run_cfg = OmegaConf.load(run_dir / rundir.RESOLVED_CONFIG_FILE)
+    if "study" in metadata:  # a run of the classic study (backdoor_study.classic)
+
+        def classic_run() -> None:
+            with tracking.start(
+                holder, "classic", run_dir, config_digest=digest, run_cfg=run_cfg
+            ) as t:
+                tracking.log_classic_dir(t, run_dir)
+
+        yield "classic", run_dir, digest, classic_run
+        return
     parent = None  # the training run's MLflow id, read once the training run is logged
 
     def stage(kind: str, stage_dir: Path, stage_digest: str, metrics: dict, files: list) -> None:

@@ -605,6 +605,47 @@ def classic_tags(run_cfg: DictConfig, metadata: dict[str, Any]) -> dict[str, Any
     }
 
 
+def classic_params(run_cfg: DictConfig, metadata: dict[str, Any], metrics: dict[str, Any]) -> dict:
+    """The params of a single classic run (dataset, model, attack, level, seed, n poisoned,
+    mitigation), from its config, metadata and metrics: the runner and ``sync`` log the same."""
+    return {
+        "dataset": str(metadata.get("data", {}).get("name", run_cfg.data.name)),
+        "model": str(run_cfg.model.name),
+        "attack": str(run_cfg.attack.name),
+        "poison_level": float(run_cfg.poison_rate),
+        "seed": int(run_cfg.seed),
+        "n_poisoned": metrics["n_poisoned"],
+        "mitigation": str(run_cfg.mitigation.name),
+    }
+
+
+def log_classic_dir(tracker: Tracker, run_dir: str | Path) -> None:
+    """Log a finished classic run directory after the fact (``sync``): a single run as the runner
+    logs it (its saved ``model/`` as the model artifact), a study run (learning curves, accuracy
+    paradox) with its metrics and every file it wrote."""
+    if not isinstance(tracker, MlflowTracker):
+        return
+    run_dir = Path(run_dir)
+    metadata = read_json(run_dir / rundir.METADATA_FILE)
+    metrics = read_json(run_dir / rundir.METRICS_FILE)
+    run_cfg = OmegaConf.load(run_dir / rundir.RESOLVED_CONFIG_FILE)
+    if metadata.get("study") == "single":
+        log_classic_run(tracker, run_dir, classic_params(run_cfg, metadata, metrics))
+        if (run_dir / "model").is_dir():
+            with tracker._guard():
+                if not tracker.failed:
+                    tracker.client.log_artifacts(tracker.run_id, str(run_dir / "model"), "model")
+        return
+    tracker.set_tags(classic_tags(run_cfg, metadata))
+    numeric = {
+        k.replace("/", "."): v
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    tracker.log_final(numeric)
+    tracker.log_artifacts(sorted(p for p in run_dir.iterdir() if p.is_file()))
+
+
 def log_classic_run(
     tracker: Tracker,
     run_dir: str | Path,

@@ -426,3 +426,24 @@ def test_report_has_the_four_classic_outputs(tmp_path):
     assert {"classic_validation", "classic_mitigation"} <= figures
     assert any(f.startswith("classic_learning_curves") for f in figures)
     assert any(f.startswith("classic_accuracy_paradox") for f in figures)
+
+
+def test_sync_logs_untracked_classic_runs_once(tmp_path, monkeypatch):
+    """Runs made with tracking=none reach the store through `sync`, the same params as live."""
+    from mlflow.tracking import MlflowClient
+
+    from backdoor_study import sync, tracking
+    from backdoor_study.study import compose_config
+
+    monkeypatch.delenv(tracking.TRACKING_ENV, raising=False)
+    run(classic_cfg(tmp_path, "tracking=none", "attack=label_flip", "poison_rate=0.1"))
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    cfg = compose_config(
+        "sync", [f"runs_root={tmp_path}", f"tracking.uri={uri}", "tracking.experiment=classic"]
+    )
+    assert sync.run(cfg) == {"run_dirs": 1, "logged": 1, "already_logged": 0}
+    assert sync.run(cfg) == {"run_dirs": 1, "logged": 0, "already_logged": 1}
+    client = MlflowClient(tracking_uri=uri)
+    (logged,) = client.search_runs([client.get_experiment_by_name("classic").experiment_id])
+    assert logged.data.params["dataset"] == "iris" and logged.data.params["attack"] == "label_flip"
+    assert "acc_test" in logged.data.metrics

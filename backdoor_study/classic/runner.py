@@ -225,15 +225,7 @@ def _fit_into(
         tracking.save_sklearn_model(run_dir / "model", pipeline, x_train[keep])
     metadata["timings"]["fit_and_score_s"] = fit_s
     finish_run_dir(run_dir, metadata, metrics, started)
-    params = {
-        "dataset": ds.name,
-        "model": str(cfg.model.name),
-        "attack": str(cfg.attack.name),
-        "poison_level": float(cfg.poison_rate),
-        "seed": seed,
-        "n_poisoned": metrics["n_poisoned"],
-        "mitigation": str(cfg.mitigation.name),
-    }
+    params = tracking.classic_params(cfg, metadata, metrics)
     tracking.log_classic_run(tracker, run_dir, params, pipeline, x_train[keep])
     log.info("run complete: %s acc_test=%.4f", run_dir, metrics["acc_test"])
     return metrics
