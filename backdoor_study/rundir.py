@@ -278,6 +278,26 @@ def staging_dir(run_dir: Path) -> Path:
     return run_dir.parent / f".{run_dir.name}.new"
 
 
+def fresh_staging_dir(run_dir: Path) -> Path:
+    """:func:`staging_dir`, emptied of a replacement that a killed process began (under :func:`lock`)."""
+    staged = staging_dir(run_dir)
+    discard(staged)
+    return staged
+
+
+@contextlib.contextmanager
+def opened(
+    run_dir: Path, *, config_digest: str | None = None, purpose: str = "run"
+) -> Iterator[Path]:
+    """:func:`lock` ``run_dir`` and, under the lock, tidy what a killed writer left: finish (or
+    undo) a half-done replacement and remove its temp files. Every stage that writes a run
+    directory's run (train, the classic study) opens it this way."""
+    with lock(run_dir, config_digest=config_digest, purpose=purpose) as path:
+        recover_replacement(run_dir)
+        remove_stale_tmp(run_dir)
+        yield path
+
+
 def _retired_dir(run_dir: Path) -> Path:
     return run_dir.parent / f".{run_dir.name}.old"
 

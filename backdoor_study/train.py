@@ -76,9 +76,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     identity = rundir.config_identity(cfg)
     digest = sha256_json(identity)
-    with rundir.lock(run_dir, config_digest=digest, purpose="train"):
-        rundir.recover_replacement(run_dir)
-        rundir.remove_stale_tmp(run_dir)
+    with rundir.opened(run_dir, config_digest=digest, purpose="train"):
         plan = _check_run_dir(cfg, run_dir, digest, identity)
         if plan == "skip":
             log.info("run %s already complete with this config: skipped", run_dir)
@@ -111,9 +109,7 @@ def _train(
     resume_from = plan.resume_from
     if resume_from is not None:
         _check_resume_checkpoint(resume_from, digest, prepared.data_digest)
-    work_dir = rundir.staging_dir(run_dir) if plan.replace else run_dir
-    if plan.replace:
-        rundir.discard(work_dir)  # a replacement that was killed before: start it over
+    work_dir = rundir.fresh_staging_dir(run_dir) if plan.replace else run_dir
     metadata = _start_run_dir(cfg, work_dir, digest, identity, prepared, device, resume_from)
     run_log.attach(work_dir / "train.log")
 

@@ -75,9 +75,7 @@ def begin(
     run_dir = Path(cfg.run_dir)
     ident = identity(cfg)
     digest = sha256_json(ident)
-    with rundir.lock(run_dir, config_digest=digest, purpose="classic"):
-        rundir.recover_replacement(run_dir)
-        rundir.remove_stale_tmp(run_dir)
+    with rundir.opened(run_dir, config_digest=digest, purpose="classic"):
         state = rundir.inspect(run_dir)
         replace = rundir.refuse_other_config(run_dir, state, digest, ident, bool(cfg.overwrite))
         if not replace and state.complete and state.recorded_digest == digest:
@@ -85,9 +83,7 @@ def begin(
             metrics = read_json(run_dir / rundir.METRICS_FILE)
             yield run_dir, run_dir, digest, ident, {**metrics, "skipped": True}
             return
-        work_dir = rundir.staging_dir(run_dir) if replace else run_dir
-        if replace:
-            rundir.discard(work_dir)
+        work_dir = rundir.fresh_staging_dir(run_dir) if replace else run_dir
         yield run_dir, work_dir, digest, ident, None
         if replace and (work_dir / rundir.METRICS_FILE).is_file():
             rundir.replace_with(run_dir, work_dir)
