@@ -32,7 +32,6 @@ from omegaconf import DictConfig
 from backdoor_study import rundir, tracking
 from backdoor_study.evaluation import evaluate
 from backdoor_study.experiment import Prepared, prepare
-from backdoor_study.models.base import build_model
 from backdoor_study.training import load_checkpoint
 from backdoor_study.utils import read_json, sha256_file, write_json
 
@@ -182,14 +181,9 @@ def evaluate_weights(
     device = torch.device("cpu") if device is None else device
     out = []
     for path in weights:
-        state = load_checkpoint(path)
-        if "model_state" not in state:
-            raise EvalError(
-                f"{path} holds no model_state; pass a final_model.pt or checkpoint_epoch_N.pt"
-            )
-        model = build_model(cfg.model, prepared.spec)
-        model.load_state_dict(state["model_state"])
-        model.to(device)
+        model = rundir.model_from_state(
+            cfg.model, prepared.spec, load_checkpoint(path), Path(path), device
+        )
         out.append(evaluate(cfg, model, prepared, device)[0])
     return out
 

@@ -474,13 +474,7 @@ def load_run(
     data changed; CheckpointError for an unusable weights file.
     """
     from backdoor_study.experiment import prepare
-    from backdoor_study.models.base import build_model
-    from backdoor_study.training import (
-        CheckpointError,
-        load_checkpoint,
-        resolve_device,
-        seed_everything,
-    )
+    from backdoor_study.training import load_checkpoint, resolve_device, seed_everything
 
     run_dir = Path(run_dir)
     check_finished(run_dir)
@@ -510,14 +504,8 @@ def load_run(
             f"{ckpt_path} was written by another config (digest {str(written_by)[:12]}, the run "
             f"records {str(metadata.get('config_digest'))[:12]}); pass a checkpoint of this run"
         )
-    model = build_model(cfg.model, prepared.spec)
-    try:
-        model.load_state_dict(state["model_state"])
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(ckpt_path, f"its weights do not fit this run's model: {first}") from e
     dev = resolve_device(device)
-    model.to(dev).eval()
+    model = model_from_state(cfg.model, prepared.spec, state, ckpt_path, dev)
     return LoadedRun(
         run_dir=run_dir,
         cfg=cfg,
@@ -530,6 +518,23 @@ def load_run(
         checkpoint=ckpt_path,
         checkpoint_state=state,
     )
+
+
+def model_from_state(
+    model_cfg: Any, spec: Any, state: dict[str, Any], path: Path, device: torch.device
+) -> ClinicalModel:
+    """The model ``model_cfg`` describes, with the weights of a loaded checkpoint ``state`` (read
+    from ``path`` by ``load_checkpoint``), on ``device``, in eval mode."""
+    from backdoor_study.models.base import build_model
+    from backdoor_study.training import CheckpointError
+
+    model = build_model(model_cfg, spec)
+    try:
+        model.load_state_dict(state["model_state"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(path, f"its weights do not fit this run's model: {first}") from e
+    return model.to(device).eval()
 
 
 def _recorded_poisoned_indices(run_dir: Path) -> np.ndarray:
