@@ -108,19 +108,16 @@ def run(cfg: DictConfig) -> dict[str, Any] | list[dict[str, Any]]:
 
 
 def completed_runs(runs_root: Path) -> list[Path]:
-    """Every completed train run under ``runs_root`` (a ``metrics.json`` beside a resolved config),
-    except detections, sanitized retrains and explicit clean references."""
+    """Every completed train run under ``runs_root`` (``rundir.find_run_dirs``: no tracking-store
+    copies, no staged overwrites), except detections, sanitized retrains and explicit clean
+    references."""
     if not runs_root.is_dir():
         raise DetectError(f"runs_root={str(runs_root)!r} does not exist or is not a directory")
-    found = []
-    for metrics in sorted(runs_root.rglob(rundir.METRICS_FILE)):
-        run_dir = metrics.parent
-        parts = run_dir.relative_to(runs_root).parts
-        if any(p in NOT_TRAIN_RUNS for p in parts):
-            continue
-        if (run_dir / rundir.RESOLVED_CONFIG_FILE).is_file():
-            found.append(run_dir)
-    return found
+    return [
+        run_dir
+        for run_dir in rundir.find_run_dirs(runs_root)
+        if not any(p in NOT_TRAIN_RUNS for p in run_dir.relative_to(runs_root).parts)
+    ]
 
 
 def detect_all(cfg: DictConfig, runs_root: Path) -> list[dict[str, Any]]:

@@ -237,6 +237,8 @@ def test_runs_root_mode_detects_every_completed_train_run(runs, tmp_path):
     copy_run(runs["mlp"], root / "a" / "seed_1")
     copy_run(runs["clean"], root / "b" / "seed_1")
     copy_run(runs["clean"], root / "a" / "seed_1" / "sanitized" / "x")  # not a train run
+    copy_run(runs["clean"], root / "mlartifacts" / "1" / "artifacts")  # the store's copy
+    copy_run(runs["clean"], root / ".b.new")  # a staged overwrite, not a run yet
     (root / "c").mkdir()  # an unfinished run: no metrics.json
     results = detect.run(detect_cfg(None, f"runs_root={root}", "detector=spectral"))
     assert sorted(Path(r["run_dir"]) for r in results) == [
