@@ -943,9 +943,10 @@ class SpectreDetectorConfig(DetectorConfig):
 @dataclass
 class SaliencyDetectorConfig(DetectorConfig):
     name: str = "saliency"
-    method: str = "input_x_gradient"  # integrated_gradients | input_x_gradient | saliency
+    method: str = "integrated_gradients"  # integrated_gradients | input_x_gradient | saliency
     n_steps: int = 4  # integrated gradients only
-    unit: str = "variable"  # evidence on one variable, or on one variable x hour cell
+    unit: str = "window"  # evidence on one variable over window_hours | all hours | one hour
+    window_hours: int = 6  # hours per window (unit=window)
     evidence: str = "positive"  # positive attribution (towards the label) | share of |attribution|
     batch_size: int = 256  # stays per attribution call
 
@@ -954,8 +955,11 @@ class SaliencyDetectorConfig(DetectorConfig):
         methods = ("integrated_gradients", "input_x_gradient", "saliency")
         _require(self.method in methods, "detector.method", self.method, f"one of {list(methods)}")
         _require(self.n_steps >= 1, "detector.n_steps", self.n_steps, "an integer >= 1")
-        units = ("variable", "cell")
+        units = ("window", "variable", "cell")
         _require(self.unit in units, "detector.unit", self.unit, f"one of {list(units)}")
+        _require(
+            self.window_hours >= 1, "detector.window_hours", self.window_hours, "an integer >= 1"
+        )
         evidence = ("positive", "share")
         _require(
             self.evidence in evidence,

@@ -103,3 +103,19 @@ def test_saliency_rejects_bad_inputs() -> None:
     static_only = {"x": torch.zeros(4, 0, 0), "mask": torch.zeros(4, 0, 0)}
     with pytest.raises(ValueError, match="static-only"):
         det.attributions(torch.nn.Identity(), static_only, torch.zeros(4, dtype=torch.long))
+
+
+def test_window_units_sum_blocks_of_hours_and_keep_a_short_last_block() -> None:
+    attributions = np.arange(2 * 7 * 3, dtype=np.float64).reshape(2, 7, 3)  # T=7, 3 variables
+    det = build_detector("saliency", unit="window", window_hours=3)
+    units = det.evidence_per_unit(attributions)
+    # blocks of hours [0, 3), [3, 6), [6, 7): 3 blocks x 3 variables
+    assert units.shape == (2, 9)
+    expected = np.concatenate(
+        [attributions[:, h : h + 3].sum(axis=1) for h in (0, 3, 6)], axis=1
+    )
+    np.testing.assert_allclose(units, expected)
+    whole = build_detector("saliency", unit="variable").evidence_per_unit(attributions)
+    np.testing.assert_allclose(units.reshape(2, 3, 3).sum(axis=1), whole)
+    with pytest.raises(ValueError, match="window_hours=0 is invalid"):
+        build_detector("saliency", window_hours=0)

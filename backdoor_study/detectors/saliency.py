@@ -7,20 +7,32 @@ Two steps, like every detector here (model in, numbers out; no files):
 
 1. ``attributions(model, batch, labels) -> (N, T, F)``: attribution of each stay's trained label
    (poisoned stays carry the target label) w.r.t. its grid, in batches of ``batch_size``.
-2. ``score(attributions, labels) -> (N,)``: per stay and unit (``unit="variable"``: summed over
-   hours; ``"cell"``: each variable x hour) the evidence for its label, minus the class's median
-   of that unit; the score is the largest excess. ``evidence="positive"`` (default) counts the
-   positive attribution (what pushes towards the label: a trigger does), ``"share"`` each unit's
-   share of the stay's absolute attribution mass (a concentration).
+2. ``score(attributions, labels) -> (N,)``: per stay and unit the evidence for its label, minus
+   the class's median of that unit; the score is the largest excess. Units: ``"window"``
+   (default: one variable over a block of ``window_hours`` consecutive hours), ``"variable"``
+   (summed over all hours) or ``"cell"`` (one variable x hour). ``evidence="positive"``
+   (default) counts the positive attribution (what pushes towards the label: a trigger does),
+   ``"share"`` each unit's share of the stay's absolute attribution mass (a concentration).
 
-Measured (input x gradient, target-class AUROC, rare_value 5%; MLP / LSTM): positive evidence
-0.992 / 0.985 on the calibrated cohort, 0.999 / 1.000 on the first one, 1.0 / 1.0 on the test
-suite's small cohort; the absolute share 0.920 / 0.980, 0.993 / 0.995, 0.999 / 0.997. Also
-tried and worse: the class-standardised largest share (blind to *where*: where one variable
-carries every clean decision, poisoned stays are the *less* concentrated ones, 0.32 on the small
-cohort), a per-unit z-score (a unit that rarely matters has a tiny spread, so any stay leaning
-on it looks extreme; 0.93), and cells as units (0.33-0.96: a 12-hour trigger spreads its
-evidence over cells but keeps it on one variable).
+Measured on the calibrated cohort's rare_value 5% runs (detection AUROC, seeds 1 / 2 / 3, from
+the runs of ``docs/results_detection.md``):
+
+- integrated gradients (4 steps) with 6-hour windows, the default: MLP 0.998 / 0.995 / 0.986,
+  LSTM 0.980 / 0.886 / 0.976;
+- input x gradient with 6-hour windows: MLP 0.998 / 0.992 / 0.988, LSTM 0.985 / 0.937 / 0.667;
+  summed over all hours (``unit=variable``, the previous default): MLP 0.992 / 0.958 / 0.918,
+  LSTM 0.985 / 0.936 / 0.696. The one-point gradient misses the LSTM of seed 3, the path
+  integral does not: most likely a saturated gate (near-zero gradient at the triggered input,
+  the failure integrated gradients was made for; not checked further);
+- windows beat the whole-stay sum because the trigger sits in 12 of 48 hours: over the whole
+  stay its evidence is diluted by the hours where clean stays' HR matters. Single hours
+  (``unit=cell``) are too fine (IG: MLP 0.968-0.987, LSTM 0.842-0.937); 6 h is not tuned to
+  the trigger (12-hour windows and sliding windows scored within 0.01 of it);
+- at 1%, where rare_value barely implants (LSTM ASR_flip 0.00), nothing attribution-based can
+  find it: LSTM 0.20-0.23; MLP 0.69-0.93.
+- Also tried and worse: attributing the observation mask as well (the mask carries no
+  evidence: 0.24-0.50 on its own), spectral scores of the attribution maps (0.53-0.82), the
+  class-standardised largest share, a per-unit z-score.
 
 ``class_attribution_maps`` gives the class-average share of attribution over (hours x
 variables), the figure that shows where a trigger sits.
@@ -41,7 +53,7 @@ import torch
 from backdoor_study.detectors.base import Detector, per_class, require, require_int
 
 METHODS = ("integrated_gradients", "input_x_gradient", "saliency")
-UNITS = ("variable", "cell")
+UNITS = ("window", "variable", "cell")
 EVIDENCE = ("positive", "share")
 
 
@@ -50,21 +62,18 @@ class SaliencyDetector(Detector):
     """Evidence on one variable (or cell) beyond the class's usual, from Captum attributions.
 
     Parameters: ``method`` one of ``METHODS``; ``n_steps`` >= 1 (integrated gradients only);
-    ``unit`` one of ``UNITS``; ``evidence`` one of ``EVIDENCE``; ``batch_size`` >= 1 stays per
+    ``unit`` one of ``UNITS``; ``window_hours`` >= 1 hours per window (``unit=window``); ``evidence`` one of ``EVIDENCE``; ``batch_size`` >= 1 stays per
     attribution call (integrated gradients evaluates ``batch_size x n_steps`` rows per pass).
 
-    Measured on the synthetic rare_value 5% runs, one thread, seconds per 1,000 stays: input x
-    gradient MLP 0.1-0.9 s, LSTM 0.8-1.9 s; integrated gradients 4 steps MLP 0.3-1.0 s, LSTM
-    3.7-3.9 s (8 steps: no better, twice the time); plain saliency MLP 0.2-0.9 s. Input x
-    gradient (IG's one-step limit from the zero baseline) is the default: the cheapest method
-    that kept the AUROC (abs-share scores: 0.996 / 0.994 on the first cohort, IG 4 steps 0.995 /
-    0.997, plain |gradient| saliency 0.70 / 0.90; on the calibrated cohort IG 4 steps 0.885 /
-    0.914 against input x gradient's 0.920 / 0.980).
+    Seconds per 1,000 stays, one thread, calibrated cohort: integrated gradients 4 steps MLP
+    0.1 s, LSTM 1.0 s; input x gradient MLP 0.04 s, LSTM 0.3 s (the issue's target: <= 5 s).
+    Parameters are checked when built; ``window_hours`` >= 1 (``unit=window`` only).
     """
 
-    method: str = "input_x_gradient"
+    method: str = "integrated_gradients"
     n_steps: int = 4
-    unit: str = "variable"
+    unit: str = "window"
+    window_hours: int = 6
     evidence: str = "positive"
     batch_size: int = 256
 
@@ -75,7 +84,7 @@ class SaliencyDetector(Detector):
         require(self.method in METHODS, "method", self.method, f"one of {METHODS}")
         require(self.unit in UNITS, "unit", self.unit, f"one of {UNITS}")
         require(self.evidence in EVIDENCE, "evidence", self.evidence, f"one of {EVIDENCE}")
-        require_int(self, "n_steps", "batch_size")
+        require_int(self, "n_steps", "batch_size", "window_hours")
 
     # ------------------------------------------------------------------ attributions
     def attributions(
@@ -131,7 +140,8 @@ class SaliencyDetector(Detector):
 
     # ------------------------------------------------------------------ scores
     def evidence_per_unit(self, attributions: np.ndarray) -> np.ndarray:
-        """(N, F) per-variable or (N, T*F) per-cell evidence of each stay (see ``evidence``)."""
+        """(N, U) evidence of each stay per unit (see ``evidence``): U = F variables, T*F cells, or
+        ceil(T / window_hours) * F variable x window blocks (the last block may be shorter)."""
         attributions = np.asarray(attributions, dtype=np.float64)
         if attributions.ndim != 3:
             raise ValueError(
@@ -140,7 +150,13 @@ class SaliencyDetector(Detector):
             )
         n = attributions.shape[0]
         mass = np.abs(attributions) if self.evidence == "share" else np.clip(attributions, 0, None)
-        units = mass.sum(axis=1) if self.unit == "variable" else mass.reshape(n, -1)
+        if self.unit == "variable":
+            units = mass.sum(axis=1)
+        elif self.unit == "cell":
+            units = mass.reshape(n, -1)
+        else:  # variable x consecutive blocks of window_hours hours
+            starts = np.arange(0, mass.shape[1], self.window_hours)
+            units = np.add.reduceat(mass, starts, axis=1).reshape(n, -1)
         if self.evidence == "positive":
             return units
         total = units.sum(axis=1, keepdims=True)
