@@ -918,7 +918,7 @@ class ActivationClusteringDetectorConfig(DetectorConfig):
 class SpectreDetectorConfig(DetectorConfig):
     name: str = "spectre"
     n_components: int = 16
-    alpha: float = 4.0
+    alpha: float = 1.0  # QUE temperature (the paper's 4 ranks worse here: detectors/spectre.py)
     support_fraction: float | None = 0.9  # MinCovDet's; null = its default
     max_fit_rows: int = 2_000  # the robust covariance is fitted on at most this many rows
     random_state: int = 0
