@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 CONF_DIR = next(
     p
@@ -1030,6 +1030,9 @@ class DetectConfig:
     # budget), or a fraction in (0, 1). On a clean run 'auto' uses clean_run_rate.
     expected_rate: Any = "auto"
     clean_run_rate: float = 0.05
+    # 'all' (flag in every class), or the class labels to flag in, e.g. [0]: a defender who
+    # suspects a backdoor towards one outcome flags only stays labelled with it
+    flag_classes: Any = "all"
     checkpoint: str | None = None  # default: the run's final_model.pt
     device: Device = Device.auto
     batch_size: int = 512
@@ -1045,6 +1048,18 @@ class DetectConfig:
             "exactly one of run_dir=... (one run) or runs_root=... (every completed run under it)",
         )
         _expected_rate(self.expected_rate)
+        fc = self.flag_classes
+        _require(
+            fc == "all"
+            or (
+                isinstance(fc, (list, tuple, ListConfig))
+                and len(fc) > 0
+                and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in fc)
+            ),
+            "flag_classes",
+            fc,
+            "'all' or a non-empty list of class labels (integers >= 0), e.g. [0]",
+        )
         _require(
             0.0 < self.clean_run_rate < 1.0,
             "clean_run_rate",

@@ -69,13 +69,27 @@ class DetectError(RuntimeError):
 # --------------------------------------------------------------------------------------- identity
 def detection_identity(cfg: DictConfig) -> dict[str, Any]:
     """What decides a detection's result: the detector and its parameters, the flag budget and
-    the weights scored. Not: run_dir/runs_root, device, batch_size, overwrite, progress."""
-    return {
+    the weights scored, the classes flagged in (only when not 'all', so detections made before
+    ``flag_classes`` existed keep their identity). Not: run_dir/runs_root, device, batch_size,
+    overwrite, progress."""
+    identity = {
         "detector": OmegaConf.to_container(cfg.detector, resolve=True),
         "expected_rate": cfg.expected_rate,
         "clean_run_rate": float(cfg.clean_run_rate),
         "checkpoint": cfg.checkpoint,
     }
+    classes = flag_classes(cfg)
+    if classes is not None:
+        identity["flag_classes"] = classes
+    return identity
+
+
+def flag_classes(cfg: DictConfig) -> list[int] | None:
+    """The sorted class labels ``cfg.flag_classes`` restricts flagging to; None for 'all'."""
+    value = cfg.get("flag_classes", "all")
+    if value == "all":
+        return None
+    return sorted({int(c) for c in value})
 
 
 def _default_identity(name: str) -> dict[str, Any]:
@@ -244,6 +258,16 @@ def _detect(
     t0 = time.perf_counter()
     scores, attribution_map = _score(cfg, detector, name, loaded, labels)
     flagged = np.asarray(detector.flag(scores, labels, expected_rate), dtype=bool)
+    classes = flag_classes(cfg)
+    if classes is not None:
+        present = sorted(int(c) for c in np.unique(labels))
+        missing = [c for c in classes if c not in present]
+        if missing:
+            raise DetectError(
+                f"flag_classes={classes} names class(es) {missing} that no training stay of "
+                f"{run_dir} has; valid: 'all' or a list of {present}"
+            )
+        flagged &= np.isin(labels, classes)
     wall_s = time.perf_counter() - t0
     if scores.shape != (n,):
         raise DetectError(f"detector {name} returned scores of shape {scores.shape}, not ({n},)")
@@ -256,6 +280,7 @@ def _detect(
             "detection_dir": str(out_dir),
             "expected_rate": expected_rate,
             "flag_budget": min(1.0, float(cfg.detector.eps_multiplier) * expected_rate),
+            "flag_classes": "all" if classes is None else classes,
             "poison_rate": poison_rate,
             "target_label": target,
             "wall_s": wall_s,

@@ -2,22 +2,30 @@
 
 Each measurement is one ``python -m backdoor_study.train -m ... hydra/launcher=joblib`` into a
 fresh ``runs_root`` (so with tracking on, the SQLite store is created by the sweep, as for a new
-study), for two grids:
+study), for two grids at their presets' own sizes (what a user runs):
 
-- ``demo``: the demo-sized grid, mlp,lstm x rare_value,missingness x poison_rate 0,0.01,0.05 x seed 1
+- ``demo``: ``experiment=demo``, the grid ``make demo`` trains (mlp,lstm x rare_value_strong,
+  missingness x poison_rate 0,0.01,0.05 x seeds 1,2; 6 epochs on a 4,000-stay dev cohort)
 - ``thesis_slice``: 24 cells of ``experiment=thesis_grid`` (mlp,lstm x rare_value,missingness x
-  0.005,0.01,0.05 x seeds 1,2), each with its shared clean reference (8 more trained runs)
+  0.005,0.01,0.05 x seeds 1,2; 10 epochs on the default 8,000-stay dev cohort), each with its
+  shared clean reference (8 more trained runs)
 
 with 1 and 2 joblib workers, each with ``tracking=mlflow`` and ``tracking=none``. It prints the
 trained run directories per minute and the tracking overhead ``wall(mlflow) / wall(none) - 1``
-(target < 5%). Runs are small (``--epochs``, ``--dev-size``) so the whole benchmark stays short.
+(target < 5%). Each grid's synthetic cohort is generated before the timings. ``--epochs`` /
+``--dev-size`` shrink the runs for a quick check (tracking's fixed costs then dominate).
 
 The projection for the full thesis_grid (288 poisoned runs + 72 clean references at the default
 10 epochs on the default 8,000-stay dev cohort) times one epoch of each model at full size
-(``--calibrate``), adds the per-run cost beyond training measured in the sweeps, and divides by
-the workers.
+(``--calibrate``), adds the per-run cost beyond training measured in the slice sweep, and divides
+by the workers.
 
-    python benchmarks/sweep.py [--epochs 2] [--dev-size 1000] [--workers 1 2] [--no-calibrate]
+    python benchmarks/sweep.py [--workers 1 2] [--grids demo thesis_slice] [--keep DIR]
+    python benchmarks/sweep.py --epochs 2 --dev-size 1000 --no-calibrate     # a quick check
+
+With ``--keep DIR`` finished sweeps are saved in ``DIR/sweeps.json`` and reused, so the 1-worker
+and 2-worker sweeps can be run as separate commands (e.g. the 1-worker ones pinned to one core
+with ``taskset -c 1`` while the other core is busy) and printed together.
 """
 
 from __future__ import annotations
@@ -37,12 +45,7 @@ sys.path.insert(0, str(REPO))
 from backdoor_study import rundir  # noqa: E402
 
 GRIDS = {
-    "demo": [
-        "model=mlp,lstm",
-        "trigger=rare_value,missingness",
-        "poison_rate=0.0,0.01,0.05",
-        "seed=1",
-    ],
+    "demo": ["experiment=demo"],
     "thesis_slice": [
         "experiment=thesis_grid",
         "model=mlp,lstm",
@@ -76,6 +79,27 @@ def train_cmd(overrides: list[str], multirun: bool) -> list[str]:
     return [sys.executable, "-m", "backdoor_study.train", *(["-m"] if multirun else []), *overrides]
 
 
+def grid_data_dir(root: Path, grid: str) -> Path:
+    return root / f"data-{grid}"
+
+
+def warm_up(grid: str, common: list[str], root: Path) -> None:
+    """Generate the grid's synthetic cohort (one 1-epoch untracked run), outside the timings."""
+    preset = [o for o in GRIDS[grid] if o.startswith("experiment=")]
+    args = [
+        *preset,
+        *common,
+        f"data.data_dir={grid_data_dir(root, grid)}",
+        "tracking=none",
+        "epochs=1",
+        f"runs_root={root / f'warmup-{grid}'}",
+    ]
+    subprocess.run(
+        train_cmd(args, False), cwd=REPO, env=env(grid_data_dir(root, grid)),
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+
+
 def sweep(
     grid: str, workers: int, tracking: str, common: list[str], data_dir: Path, root: Path
 ) -> dict:
@@ -83,6 +107,7 @@ def sweep(
     args = [
         *GRIDS[grid],
         *common,
+        f"data.data_dir={data_dir}",
         f"runs_root={runs_root}",
         f"tracking={tracking}",
         "hydra/launcher=joblib",
@@ -111,9 +136,9 @@ def sweep(
     }
 
 
-def calibrate(data_dir: Path, root: Path) -> dict[str, float]:
+def calibrate(root: Path) -> dict[str, float]:
     """Seconds of one training epoch per model on the default dev cohort (one worker)."""
-    data_dir = data_dir.with_name(data_dir.name + "_default")  # the default cohort size
+    data_dir = root / "data-default"  # the default cohort size, whatever --dev-size says
     per_epoch = {}
     for model in MODELS:
         runs_root = root / f"calibrate-{model}"
@@ -140,28 +165,24 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--dev-size", type=int, default=1000)
+    p.add_argument("--epochs", type=int, help="override the presets' epochs (quick checks)")
+    p.add_argument("--dev-size", type=int, help="override the presets' dev cohort size")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--grids", nargs="+", default=list(GRIDS), choices=list(GRIDS))
     p.add_argument("--no-calibrate", action="store_true")
     p.add_argument("--keep", type=Path, help="keep the run trees under this directory")
     a = p.parse_args()
-    common = [
-        f"epochs={a.epochs}",
-        f"data.dev_size={a.dev_size}",
-        "trainer.progress=false",
-        "metrics.bootstrap=0",
-    ]
+    common = ["trainer.progress=false"]
+    if a.epochs is not None:
+        common += [f"epochs={a.epochs}", "metrics.bootstrap=0"]
+    if a.dev_size is not None:
+        common.append(f"data.dev_size={a.dev_size}")
 
     with tempfile.TemporaryDirectory(prefix="bench_sweep_") as tmp:
         root = a.keep or Path(tmp)
-        data_dir = root / "data"
-        # generate the synthetic cohort once, outside the timings
-        subprocess.run(
-            train_cmd([*common, "tracking=none", "epochs=1", f"runs_root={root / 'warmup'}"], False),
-            cwd=REPO, env=env(data_dir), capture_output=True, text=True, check=True,
-        )  # fmt: skip
+        root.mkdir(parents=True, exist_ok=True)
+        for grid in a.grids:
+            warm_up(grid, common, root)
         # with --keep, measured sweeps are saved and reused (e.g. to redo only the calibration)
         saved = root / "sweeps.json"
         done = json.loads(saved.read_text()) if a.keep and saved.is_file() else []
@@ -176,7 +197,9 @@ def main() -> None:
                     )
                     if r is None:
                         r = {
-                            **sweep(grid, workers, tracking, common, data_dir, root),
+                            **sweep(
+                                grid, workers, tracking, common, grid_data_dir(root, grid), root
+                            ),
                             "common": common,
                         }
                         done.append(r)
@@ -204,9 +227,9 @@ def main() -> None:
                     f"{grid:>13s} workers={workers}: {100 * over:+6.1f}%  (~{per_run:.1f} s per run per worker)"
                 )
 
-        if a.no_calibrate:
+        if a.no_calibrate or "thesis_slice" not in a.grids:
             return
-        per_epoch = calibrate(data_dir, root)
+        per_epoch = calibrate(root)
         best = max(a.workers)
         ref = next(
             r

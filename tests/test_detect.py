@@ -193,6 +193,30 @@ def test_same_detection_is_skipped_other_config_gets_its_own_dir_or_is_refused(r
     assert OmegaConf.load(out / "detect_config.yaml").identity.detector.eps_multiplier == 1.5
 
 
+def test_flag_classes_restricts_flags_to_the_named_class_in_its_own_dir(runs, tmp_path):
+    run_dir = copy_run(runs["mlp"], tmp_path / "run")
+    every = detect.run(detect_cfg(run_dir, "detector=spectral"))
+    only = detect.run(detect_cfg(run_dir, "detector=spectral", "flag_classes=[0]"))
+    out = Path(only["detection_dir"])
+    assert out.name.startswith("spectral-") and out != Path(every["detection_dir"])
+    labels = json.loads((run_dir / "metrics.json").read_text())
+    flagged_all = np.load(Path(every["detection_dir"]) / "flagged_indices.npy")
+    flagged_0 = np.load(out / "flagged_indices.npy")
+    # the same scores; the class-0 flags are the class-0 part of the unrestricted ones
+    np.testing.assert_array_equal(
+        np.load(out / "scores.npy"), np.load(Path(every["detection_dir"]) / "scores.npy")
+    )
+    assert 0 < flagged_0.size < flagged_all.size and set(flagged_0) <= set(flagged_all)
+    assert only["flag_classes"] == [0] and every["flag_classes"] == "all"
+    assert only["n_flagged"] == flagged_0.size and labels["n_train"] > flagged_0.size
+    with pytest.raises(
+        detect.DetectError, match=r"flag_classes=\[7\].*valid: 'all' or a list of \[0, 1\]"
+    ):
+        detect.run(detect_cfg(run_dir, "detector=spectral", "flag_classes=[7]"))
+    with pytest.raises(ConfigError, match=r"flag_classes='some'.*'all' or a non-empty list"):
+        detect.run(detect_cfg(run_dir, "detector=spectral", "flag_classes=some"))
+
+
 def test_clean_run_still_runs_and_reports_its_flag_rate(runs):
     m = detect.run(detect_cfg(runs["clean"], "detector=isolation_forest"))
     assert m["n_poisoned"] == 0 and m["poison_rate"] == 0.0

@@ -111,9 +111,7 @@ def test_window_units_sum_blocks_of_hours_and_keep_a_short_last_block() -> None:
     units = det.evidence_per_unit(attributions)
     # blocks of hours [0, 3), [3, 6), [6, 7): 3 blocks x 3 variables
     assert units.shape == (2, 9)
-    expected = np.concatenate(
-        [attributions[:, h : h + 3].sum(axis=1) for h in (0, 3, 6)], axis=1
-    )
+    expected = np.concatenate([attributions[:, h : h + 3].sum(axis=1) for h in (0, 3, 6)], axis=1)
     np.testing.assert_allclose(units, expected)
     whole = build_detector("saliency", unit="variable").evidence_per_unit(attributions)
     np.testing.assert_allclose(units.reshape(2, 3, 3).sum(axis=1), whole)
