@@ -100,9 +100,11 @@ def cells(args: argparse.Namespace) -> list[Cell]:
     return out
 
 
-def detect_row(run: pd.Series, detector: str, load: Callable[[], Any]) -> dict[str, Any]:
+def detect_row(
+    run: pd.Series, detector: str, load: Callable[[], Any], extra: list[str] = ()
+) -> dict[str, Any]:
     cfg = compose_config(
-        "detect", [f"run_dir={run['run_dir']}", f"detector={detector}", "progress=false"]
+        "detect", [f"run_dir={run['run_dir']}", f"detector={detector}", "progress=false", *extra]
     )
     validate(cfg)
     m = detect.detect_run(cfg, Path(run["run_dir"]), load=load)
@@ -114,10 +116,10 @@ def detect_row(run: pd.Series, detector: str, load: Callable[[], Any]) -> dict[s
     }
 
 
-def sanitize_row(run: pd.Series, detector: str) -> dict[str, Any]:
+def sanitize_row(run: pd.Series, detector: str, extra: list[str] = ()) -> dict[str, Any]:
     cfg = compose_config(
         "sanitize",
-        [f"run_dir={run['run_dir']}", f"detector={detector}", "progress=false"],
+        [f"run_dir={run['run_dir']}", f"detector={detector}", "progress=false", *extra],
     )
     r = sanitize.run(cfg)
     row = {
@@ -209,6 +211,12 @@ def main() -> None:
         choices=list(DETECTOR_SCHEMAS),
         help="detectors whose flagged stays are removed and the model retrained",
     )
+    p.add_argument(
+        "--flag-classes",
+        nargs="+",
+        type=int,
+        help="flag (and remove) only stays of these classes, e.g. 0: detect/sanitize flag_classes",
+    )
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--data", default="synthetic")
     p.add_argument("--runs-root", default="runs/detection_table")
@@ -227,12 +235,13 @@ def main() -> None:
         ),
     )
     t_train = time.perf_counter() - t0
+    extra = [f"flag_classes=[{','.join(map(str, args.flag_classes))}]"] if args.flag_classes else []
     detections, sanitized = [], []
     for _, run in runs.iterrows():
         # one rebuild of the run's data and model for all its detectors, only if one needs it
         load = functools.cache(lambda d=run["run_dir"]: rundir.load_run(d))
         for name in args.detectors:
-            row = detect_row(run, name, load)
+            row = detect_row(run, name, load, extra)
             detections.append(row)
             print(
                 f"detect {name:>22s} {run['variant']:>13s} {run['model']:>14s} "
@@ -241,7 +250,7 @@ def main() -> None:
                 flush=True,
             )
         for name in args.sanitize:
-            row = sanitize_row(run, name)
+            row = sanitize_row(run, name, extra)
             sanitized.append(row)
             print(
                 f"sanitize {name:>20s} {run['variant']:>13s} {run['model']:>14s} "
@@ -261,8 +270,15 @@ def main() -> None:
         "detector's score against the truth (`poisoned_indices.npy`); recall and precision are of "
         "the flagged set, at the flag budget `eps_multiplier` (1.5) x the run's poison rate per "
         "class; TPR at 1% / 5% FPR is the best recall any score threshold reaches at that false-positive "
-        "rate; seconds are the detector's own time (features + scoring) on the training split.\n\n"
-        "## Detection\n\n" + detection_markdown(det_agg)
+        "rate; seconds are the detector's own time (features + scoring) on the training split."
+        + (
+            f" Flags (and removals) only in class(es) {args.flag_classes} (`flag_classes`); "
+            "the scores and AUROC are those of every stay."
+            if args.flag_classes
+            else ""
+        )
+        + "\n\n## Detection\n\n"
+        + detection_markdown(det_agg)
     )
     if sanitized:
         san_agg = aggregate(pd.DataFrame(sanitized), keys, SANITIZE_METRICS)
