@@ -919,8 +919,9 @@ class SpectreDetectorConfig(DetectorConfig):
     name: str = "spectre"
     n_components: int = 16
     alpha: float = 1.0  # QUE temperature (the paper's 4 ranks worse here: detectors/spectre.py)
-    support_fraction: float | None = 0.9  # MinCovDet's; null = its default
-    max_fit_rows: int = 2_000  # the robust covariance is fitted on at most this many rows
+    estimator: str = "csteps"  # robust mean/covariance: csteps (concentration steps) | mcd
+    support_fraction: float | None = 0.9  # share of rows in the robust core; null = (n+k+1)/2n
+    max_fit_rows: int = 100_000  # the robust estimate is fitted on at most this many rows
     random_state: int = 0
 
     def __post_init__(self) -> None:
@@ -929,6 +930,13 @@ class SpectreDetectorConfig(DetectorConfig):
             self.n_components >= 1, "detector.n_components", self.n_components, "an integer >= 1"
         )
         _require(self.alpha >= 0, "detector.alpha", self.alpha, "a number >= 0")
+        estimators = ("csteps", "mcd")
+        _require(
+            self.estimator in estimators,
+            "detector.estimator",
+            self.estimator,
+            f"one of {list(estimators)}",
+        )
         _require(
             self.support_fraction is None or 0.0 < self.support_fraction < 1.0,
             "detector.support_fraction",

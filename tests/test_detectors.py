@@ -215,6 +215,7 @@ def test_activation_clustering_flags_the_small_cluster_and_needs_score_first() -
         ("activation_clustering", {"n_components": 0}, "n_components"),
         ("spectre", {"alpha": -1.0}, "alpha"),
         ("spectre", {"support_fraction": 1.0}, "support_fraction"),
+        ("spectre", {"estimator": "ransac"}, "estimator"),
         ("spectre", {"n_components": 0}, "n_components"),
         ("spectral", {"eps_multiplier": -1}, "eps_multiplier"),
         ("spectral", {"tail": "left"}, "tail"),
@@ -249,3 +250,21 @@ def test_one_sided_spectral_does_not_flag_the_clean_far_end() -> None:
     # the sign of the data does not matter
     mirrored = build_detector("spectral").score(-x, y)
     assert detection_metrics(is_poisoned, mirrored, is_poisoned, y, 0)["auroc"] > 0.9
+
+
+def test_concentration_steps_ignore_a_far_cluster_and_mcd_agrees() -> None:
+    from backdoor_study.detectors.spectre import concentration_steps
+
+    rng = np.random.default_rng(3)
+    clean = rng.normal(size=(950, 4)) * np.array([1.0, 2.0, 0.5, 1.0])
+    far = rng.normal(loc=8.0, size=(50, 4))
+    location, covariance = concentration_steps(np.vstack([clean, far]), 0.9)
+    # the core is the clean rows: their mean and spread, not pulled towards the 5% far cluster
+    np.testing.assert_allclose(location, 0.0, atol=0.15)
+    assert np.all(np.diag(covariance) < np.array([1.0, 4.0, 0.25, 1.0]) * 1.1)
+    x = np.vstack([clean, far])
+    y = np.zeros(1000, dtype=np.int64)
+    is_far = np.arange(1000) >= 950
+    for estimator in ("csteps", "mcd"):
+        scores = build_detector("spectre", estimator=estimator, max_fit_rows=1000).score(x, y)
+        assert detection_metrics(is_far, scores, is_far, y, 0)["auroc"] > 0.99, estimator

@@ -10,7 +10,8 @@ weights the top excess-variance direction alone (spectral signatures after white
 gives the squared whitened norm (a Mahalanobis distance).
 
 Simplifications against the paper: the number of principal axes is fixed (``n_components``)
-rather than searched, and the robust estimate is MinCovDet rather than their filter. On this
+rather than searched, and the robust estimate is concentration steps (below) or MinCovDet rather
+than their filter. On this
 project's synthetic rare_value 5% runs it reached detection AUROC 0.998 (MLP) and 0.999 (LSTM) on
 the first cohort; on the calibrated one 0.82-0.87 (MLP) and 0.83-0.996 (LSTM) (see ``Spectre``).
 """
@@ -25,16 +26,29 @@ from sklearn.covariance import MinCovDet
 from backdoor_study.detectors.base import Detector, per_class, require, require_int
 from backdoor_study.detectors.spectral import principal_projections
 
+ESTIMATORS = ("csteps", "mcd")
+
 
 @dataclass
 class Spectre(Detector):
     """Robust-whitened QUE scores. ``score(features (N, D), labels (N,)) -> (N,)``.
 
     ``n_components`` >= 1 principal axes kept per class; ``alpha`` >= 0 the QUE temperature;
-    ``support_fraction`` MinCovDet's share of rows in the robust core (a fraction in (0, 1), or
-    None for its default (n + k + 1) / 2n); ``max_fit_rows`` >= 2: the robust estimate is fitted on
-    at most this many rows of a class, drawn with ``random_state`` (MinCovDet's cost grows with n;
-    a 16 x 16 covariance does not need a million rows), and every row is scored.
+    ``estimator`` the robust mean and covariance: ``"csteps"`` (default) iterates concentration
+    steps (Rousseeuw and Van Driessen 1999) from the classical estimate: keep the
+    ``support_fraction`` of rows nearest (Mahalanobis) to the current estimate, re-estimate, until
+    the kept set stops changing; ``"mcd"`` is scikit-learn's MinCovDet (FastMCD: the same steps
+    from 500 random starts, 15-25x slower here). ``support_fraction`` the share of rows in the
+    robust core (a fraction in (0, 1), or None for (n + k + 1) / 2n); ``max_fit_rows`` >= 2: the
+    estimate is fitted on at most this many rows of a class, drawn with ``random_state`` (a
+    16 x 16 covariance does not need a million rows; with ``mcd`` keep it near 2,000), and every
+    row is scored.
+
+    Why concentration steps (calibrated cohort, rare_value, MLP and LSTM seeds 1-3, detection
+    AUROC): 5% MinCovDet (2,000 rows) 0.872 / 0.820 / 0.844 (MLP), 0.982 / 0.825 / 0.996 (LSTM),
+    1.2 s per run; csteps 0.822 / 0.816 / 0.826, 0.982 / 0.977 / 0.997, 0.08 s. 1%: the same mean
+    (0.765), 2.2 s against 0.1 s. The classical start already excludes a 5% poison cluster from
+    the core, which random starts do not need to find again.
 
     Why 0.9 and 2,000 (target-class AUROC on rare_value 5% runs, three draws each): a small core
     lets MinCovDet lock onto a tight clump of *clean* stays (LSTM features have one), against
@@ -53,8 +67,9 @@ class Spectre(Detector):
 
     n_components: int = 16
     alpha: float = 1.0
+    estimator: str = "csteps"
     support_fraction: float | None = 0.9
-    max_fit_rows: int = 2_000
+    max_fit_rows: int = 100_000
     random_state: int = 0
 
     name = "spectre"
@@ -76,6 +91,7 @@ class Spectre(Detector):
             "null or a fraction in (0, 1)",
         )
         require_int(self, "max_fit_rows", minimum=2)
+        require(self.estimator in ESTIMATORS, "estimator", self.estimator, f"one of {ESTIMATORS}")
 
     def score(self, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return per_class(features, labels, self._class_scores)
@@ -89,11 +105,38 @@ class Spectre(Detector):
         if n > self.max_fit_rows:
             rng = np.random.default_rng(self.random_state)
             fit_rows = z[rng.choice(n, self.max_fit_rows, replace=False)]
-        robust = MinCovDet(
-            support_fraction=self.support_fraction, random_state=self.random_state
-        ).fit(fit_rows)
-        white = (z - robust.location_) @ _inverse_sqrt(robust.covariance_)
+        if self.estimator == "mcd":
+            robust = MinCovDet(
+                support_fraction=self.support_fraction, random_state=self.random_state
+            ).fit(fit_rows)
+            location, covariance = robust.location_, robust.covariance_
+        else:
+            location, covariance = concentration_steps(fit_rows, self.support_fraction)
+        white = (z - location) @ _inverse_sqrt(covariance)
         return que_scores(white, self.alpha)
+
+
+def concentration_steps(
+    rows: np.ndarray, support_fraction: float | None, max_iter: int = 50
+) -> tuple[np.ndarray, np.ndarray]:
+    """Robust (location (k,), covariance (k, k)) of ``rows`` (n, k): from the classical estimate,
+    repeatedly keep the h = support_fraction x n rows of smallest Mahalanobis distance and
+    re-estimate on them (each step cannot increase the kept rows' covariance determinant), until
+    the kept set repeats or ``max_iter`` steps. ``support_fraction`` None: h = (n + k + 1) / 2."""
+    n, k = rows.shape
+    h = int(np.ceil(support_fraction * n)) if support_fraction is not None else (n + k + 1) // 2
+    h = min(n, max(h, k + 1))
+    keep = np.ones(n, dtype=bool)
+    for _ in range(max_iter):
+        location = rows[keep].mean(axis=0)
+        covariance = np.atleast_2d(np.cov(rows[keep], rowvar=False))
+        distance = (((rows - location) @ _inverse_sqrt(covariance)) ** 2).sum(axis=1)
+        nearest = np.zeros(n, dtype=bool)
+        nearest[np.argsort(distance, kind="stable")[:h]] = True
+        if np.array_equal(nearest, keep):
+            break
+        keep = nearest
+    return location, covariance
 
 
 def _inverse_sqrt(cov: np.ndarray) -> np.ndarray:
