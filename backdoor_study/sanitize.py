@@ -127,13 +127,15 @@ def sanitized_config(
 
     Only keys outside the config identity change besides ``sanitize`` (run_dir, resume,
     overwrite, device, progress) and ``clean_reference`` is off: the clean model is the original
-    run's, since excluding stays from a clean run is not the comparison.
+    run's, since excluding stays from a clean run is not the comparison. ``resume=auto``: an
+    interrupted retrain continues from its last checkpoint when sanitize is run again (train's
+    bitwise-exact resume, which refuses a checkpoint written by another config).
     """
     run_cfg = rundir.load_run_config(run_dir)
     container = OmegaConf.to_container(run_cfg, resolve=True)
     container.update(
         run_dir=str(sanitized_dir),
-        resume=None,
+        resume="auto",
         overwrite=False,
         clean_reference=False,
         device=str(OmegaConf.to_container(cfg, enum_to_str=True)["device"]),

@@ -337,6 +337,14 @@ def test_sanitize_removes_the_backdoor_and_links_both_runs(runs, tmp_path):
     assert not set(san_train_ids) & set(train_ids[flagged])
     # again: everything reused
     assert sanitize.run(cfg)["skipped"]
+    # an interrupted retrain (no metrics.json yet, checkpoints left) is resumed by running
+    # sanitize again, to the same model
+    final = (san / "final_model.pt").read_bytes()
+    (san / "metrics.json").unlink()
+    (san / "final_model.pt").unlink()
+    resumed = sanitize.run(cfg)
+    assert not resumed["skipped"] and (san / "final_model.pt").read_bytes() == final
+    assert resumed["after"]["ASR"] == result["after"]["ASR"]
     # a changed exclusion file is refused, never trained on
     np.save(det_dir / "flagged_indices.npy", flagged[1:])
     with pytest.raises(DataValidationError, match="exclude_file.*changed"):
