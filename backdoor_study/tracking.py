@@ -23,10 +23,12 @@ it so that only tracking tests pay for a store).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
 import os
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,10 @@ RUN_ARTIFACTS = (
 )
 MLFLOW_DIGEST_LEN = 36  # MLflow's dataset digest column; the full sha256 goes in a tag
 PARAM_VALUE_MAX = 6000
+
+
+# The prefix of the INFO line each tracked run writes with its tracking time (train.log).
+TRACKING_TIME_LOG = "tracking-time"
 
 
 class TrackingError(RuntimeError):
@@ -141,11 +147,16 @@ def prepare_store(cfg: DictConfig) -> str | None:
     or None (with a warning) when tracking is off or the store cannot be opened."""
     if not enabled(cfg):
         return None
+    t0 = time.perf_counter()
     try:
-        return open_experiment(cfg.tracking, store_uri(cfg.tracking, cfg.get("runs_root")))[1]
+        experiment_id = open_experiment(
+            cfg.tracking, store_uri(cfg.tracking, cfg.get("runs_root"))
+        )[1]
     except Exception as e:  # noqa: BLE001 - tracking must never stop the work
         _warn_unavailable(e)
         return None
+    log.info("%s store: MLflow store ready in %.3f s", TRACKING_TIME_LOG, time.perf_counter() - t0)
+    return experiment_id
 
 
 def _warn_unavailable(err: BaseException) -> None:
@@ -160,10 +171,12 @@ def _warn_unavailable(err: BaseException) -> None:
 
 # --------------------------------------------------------------------------------------- tracker
 class Tracker:
-    """No tracking: every call does nothing. ``run_id`` is None."""
+    """No tracking: every call does nothing. ``run_id`` is None. ``elapsed_s``: seconds spent
+    tracking this run so far (opening it, the ``log_*_run`` calls, ending it)."""
 
     run_id: str | None = None
     uri: str | None = None
+    elapsed_s: float = 0.0
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Flattened config values (dotted keys)."""
@@ -458,6 +471,7 @@ def start(
     if not enabled(cfg):
         yield Tracker()
         return
+    t0 = time.perf_counter()
     tracker = _open_run(
         cfg,
         kind,
@@ -467,6 +481,7 @@ def start(
         parent_run_id,
         recorded_uri,
     )
+    tracker.elapsed_s = time.perf_counter() - t0
     try:
         yield tracker
     except BaseException:
@@ -474,10 +489,30 @@ def start(
             tracker.end("FAILED")
         raise
     if isinstance(tracker, MlflowTracker):
+        t0 = time.perf_counter()
         tracker.end("FINISHED")
+        tracker.elapsed_s += time.perf_counter() - t0
+        # what tracking cost this run (train.log has it; benchmarks/sweep.py sums it)
+        log.info("%s %s: MLflow tracking took %.3f s", TRACKING_TIME_LOG, kind, tracker.elapsed_s)
+
+
+def _timed(fn):  # noqa: ANN001, ANN202 - a decorator for the log_*_run(tracker, ...) functions
+    """Add the call's wall time to ``tracker.elapsed_s`` (its first argument)."""
+
+    @functools.wraps(fn)
+    def wrapper(tracker: Tracker, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(tracker, *args, **kwargs)
+        finally:
+            if tracker.run_id is not None:
+                tracker.elapsed_s += time.perf_counter() - t0
+
+    return wrapper
 
 
 # --------------------------------------------------------------------------------------- run dirs
+@_timed
 def log_train_run(tracker: Tracker, run_dir: str | Path, log_model: bool = False) -> None:
     """Log a completed training run directory: tags, per-epoch history, final metrics, artifacts,
     confusion matrices, the dataset input; then record the MLflow run id in run_metadata.json."""
@@ -510,6 +545,7 @@ def log_train_run(tracker: Tracker, run_dir: str | Path, log_model: bool = False
     tracker.log_artifacts([run_dir / f for f in RUN_ARTIFACTS])
 
 
+@_timed
 def log_stage_run(
     tracker: Tracker, run_dir: str | Path, metrics: dict[str, Any], files: Iterable[Path]
 ) -> None:
@@ -528,6 +564,7 @@ def log_stage_run(
     tracker.log_artifacts(files)
 
 
+@_timed
 def log_eval_run(
     tracker: Tracker, run_dir: str | Path, result: dict[str, Any], result_file: Path
 ) -> None:
@@ -619,6 +656,7 @@ def classic_params(run_cfg: DictConfig, metadata: dict[str, Any], metrics: dict[
     }
 
 
+@_timed
 def log_classic_dir(tracker: Tracker, run_dir: str | Path) -> None:
     """Log a finished classic run directory after the fact (``sync``): a single run as the runner
     logs it (its saved ``model/`` as the model artifact), a study run (learning curves, accuracy

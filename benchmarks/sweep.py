@@ -12,7 +12,11 @@ study), for two grids at their presets' own sizes (what a user runs):
 
 with 1 and 2 joblib workers, each with ``tracking=mlflow`` and ``tracking=none``. It prints the
 trained run directories per minute and the tracking overhead ``wall(mlflow) / wall(none) - 1``
-(target < 5%). Each grid's synthetic cohort is generated before the timings. ``--epochs`` /
+(target < 5%). The wall-clock difference of two sweeps moves by several percent with whatever
+else the machine runs, so it also prints the time spent inside MLflow as the tracked sweep timed it
+itself (each run's ``tracking-time`` line in its ``train.log``, the store's creation in the
+launching process) as a share of the untracked sweep's worker time. Each grid's synthetic cohort
+is generated before the timings. ``--epochs`` /
 ``--dev-size`` shrink the runs for a quick check (tracking's fixed costs then dominate).
 
 The projection for the full thesis_grid (288 poisoned runs + 72 clean references at the default
@@ -33,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -43,6 +48,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from backdoor_study import rundir  # noqa: E402
+from backdoor_study.tracking import TRACKING_TIME_LOG  # noqa: E402
 
 GRIDS = {
     "demo": ["experiment=demo"],
@@ -126,6 +132,8 @@ def sweep(
     train_s = sum(
         json.loads((r / rundir.METADATA_FILE).read_text())["timings"]["train_s"] for r in runs
     )
+    per_run = [t for r in runs for t in logged_seconds((r / "train.log").read_text(), "train")]
+    store = logged_seconds(out.stdout + out.stderr, "store")
     return {
         "grid": grid,
         "workers": workers,
@@ -133,7 +141,17 @@ def sweep(
         "runs": len(runs),
         "wall_s": wall,
         "train_s": train_s,
+        # seconds inside MLflow calls, timed by the runs themselves (tracking.TRACKING_TIME_LOG)
+        "tracking_s": sum(per_run),
+        "tracked_runs": len(per_run),
+        "store_s": sum(store),
     }
+
+
+def logged_seconds(text: str, what: str) -> list[float]:
+    """The seconds of every ``tracking-time {what}: ... took|in X s`` line in a log."""
+    pattern = rf"{TRACKING_TIME_LOG} {what}: .* (?:took|in) ([0-9.]+) s"
+    return [float(m) for m in re.findall(pattern, text)]
 
 
 def calibrate(root: Path) -> dict[str, float]:
@@ -225,6 +243,30 @@ def main() -> None:
                 per_run = (mlf["wall_s"] - none["wall_s"]) * workers / max(mlf["runs"], 1)
                 print(
                     f"{grid:>13s} workers={workers}: {100 * over:+6.1f}%  (~{per_run:.1f} s per run per worker)"
+                )
+        print(
+            "\ntime inside MLflow, timed by the tracked sweep itself (the store's creation in the "
+            "launching process + every run's own tracking time, MLflow's import in each worker "
+            "included), as a share of the untracked sweep's worker time (wall x workers):"
+        )
+        for grid in a.grids:
+            for workers in a.workers:
+                none, mlf = (
+                    next(
+                        r
+                        for r in rows
+                        if (r["grid"], r["workers"], r["tracking"]) == (grid, workers, t)
+                    )
+                    for t in ("none", "mlflow")
+                )
+                if "tracking_s" not in mlf:
+                    continue
+                inside = mlf["store_s"] + mlf["tracking_s"]
+                print(
+                    f"{grid:>13s} workers={workers}: {inside:6.1f} s = "
+                    f"{100 * inside / (none['wall_s'] * workers):4.1f}%  (store {mlf['store_s']:.1f} s, "
+                    f"{mlf['tracked_runs']} runs {mlf['tracking_s']:.1f} s, "
+                    f"{mlf['tracking_s'] / max(mlf['tracked_runs'], 1):.2f} s per run)"
                 )
 
         if a.no_calibrate or "thesis_slice" not in a.grids:

@@ -69,7 +69,8 @@ def runs_of(uri: str, experiment: str) -> list:
     return [] if exp is None else client.search_runs([exp.experiment_id])
 
 
-def test_train_and_eval_are_logged_once_and_linked(cohort, store, tmp_path, tracking_on):
+def test_train_and_eval_are_logged_once_and_linked(cohort, store, tmp_path, tracking_on, caplog):
+    caplog.set_level(logging.INFO, logger="backdoor_study")  # as under the CLI's job logging
     cfg = make_cfg(
         "train",
         cohort,
@@ -109,6 +110,12 @@ def test_train_and_eval_are_logged_once_and_linked(cohort, store, tmp_path, trac
     assert {t.key: t.value for t in data_input.tags}["backdoor_study.data_digest"] == (
         meta["data"]["digest"]
     )
+
+    # what tracking cost the run is in its train.log (benchmarks/sweep.py sums these lines)
+    (line,) = [
+        t for t in (run_dir / "train.log").read_text().splitlines() if "tracking-time train" in t
+    ]
+    assert 0.0 < float(line.split("took ")[1].split(" s")[0]) < 60.0
 
     assert train.run(cfg)["skipped"]  # a skipped run adds no MLflow run
     assert len(runs_of(store, "linked")) == 1
