@@ -57,7 +57,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     train_cfg = sanitized_config(cfg, run_dir, sanitized_dir, flagged_file, excluded)
     after = train.run(train_cfg)
     before = read_json(run_dir / rundir.METRICS_FILE)
-    clean = _clean_model_metrics(run_dir)
+    clean = clean_model_metrics(run_dir)
     result = {
         "run_dir": str(run_dir),
         "sanitized_run_dir": str(sanitized_dir),
@@ -158,7 +158,7 @@ def _compared(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in COMPARED_KEYS if k in metrics}
 
 
-def _clean_model_metrics(run_dir: Path) -> dict[str, Any]:
+def clean_model_metrics(run_dir: Path) -> dict[str, Any]:
     """The metrics of the run's clean reference (same config at poison rate 0), if it exists."""
     from backdoor_study.train import clean_reference_config
 

@@ -26,12 +26,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from backdoor_study import detect, rundir, sanitize
 from backdoor_study.config import DETECTOR_SCHEMAS, validate
 from backdoor_study.study import Cell, aggregate, compose_config, run_grid
-from backdoor_study.utils import atomic_write_text
+from backdoor_study.utils import atomic_write_text, read_json
 
 # name -> the train overrides that make it (per model where the recipe names model keys)
 VARIANTS: dict[str, list[str]] = {
@@ -136,6 +137,36 @@ def sanitize_row(run: pd.Series, detector: str, extra: list[str] = ()) -> dict[s
     return row
 
 
+ORACLE = "oracle"
+
+
+def oracle_row(run: pd.Series) -> dict[str, Any]:
+    """The best any removal can do: retrain without exactly the poisoned stays (the run's own
+    poisoned_indices.npy as the exclusion, through sanitize's hook) into sanitized/oracle/."""
+    from backdoor_study import train
+
+    run_dir = Path(run["run_dir"])
+    cfg = compose_config("sanitize", [f"run_dir={run_dir}", "progress=false"])
+    poisoned_file = run_dir / rundir.POISONED_INDICES_FILE
+    poisoned = np.load(poisoned_file)
+    out = run_dir / sanitize.SANITIZED_DIR / ORACLE
+    after = train.run(sanitize.sanitized_config(cfg, run_dir, out, poisoned_file, poisoned))
+    before = read_json(run_dir / rundir.METRICS_FILE)
+    clean = sanitize.clean_model_metrics(run_dir)
+    row = {
+        **{k: run[k] for k in ("variant", "model", "poison_rate", "seed")},
+        "detector": ORACLE,
+        "n_excluded": int(poisoned.size),
+        "n_poisoned_excluded": int(poisoned.size),
+        "ASR_clean_model": before.get("ASR_clean_model", clean.get("ASR")),
+        "auroc_clean_model": clean.get("auroc_clean"),
+    }
+    for when, m in (("before", before), ("after", after)):
+        for key in ("ASR", "ASR_flip", "auroc_clean"):
+            row[f"{key}_{when}"] = m.get(key, float("nan"))
+    return row
+
+
 def _cell(mean: float, std: float) -> str:
     return "–" if pd.isna(mean) else f"{mean:.3f} ± {0.0 if pd.isna(std) else std:.3f}"
 
@@ -217,6 +248,11 @@ def main() -> None:
         type=int,
         help="flag (and remove) only stays of these classes, e.g. 0: detect/sanitize flag_classes",
     )
+    p.add_argument(
+        "--oracle",
+        action="store_true",
+        help="also retrain without exactly the poisoned stays: the ceiling of any removal",
+    )
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--data", default="synthetic")
     p.add_argument("--runs-root", default="runs/detection_table")
@@ -249,6 +285,8 @@ def main() -> None:
                 f"recall={row['recall']:.3f} ({row['wall_s']:.1f} s)",
                 flush=True,
             )
+        if args.oracle and float(run["poison_rate"]) > 0:
+            sanitized.append(oracle_row(run))
         for name in args.sanitize:
             row = sanitize_row(run, name, extra)
             sanitized.append(row)
@@ -287,7 +325,15 @@ def main() -> None:
             "\n## Sanitize: retrained without the flagged stays\n\n"
             "ASR and clean AUROC of the poisoned model (before) and of the same config retrained "
             "without the flagged training stays (after), beside the clean model's (the same config "
-            "at poison rate 0: its ASR is the trigger's false-trigger rate).\n\n"
+            "at poison rate 0: its ASR is the trigger's false-trigger rate)."
+            + (
+                " `oracle` retrains without exactly the poisoned stays: the best any removal "
+                "can do (dirty-label poison is taken from the deaths, so removing it also "
+                "removes most of the training deaths at 5%)."
+                if args.oracle
+                else ""
+            )
+            + "\n\n"
             + sanitize_markdown(san_agg)
         )
     atomic_write_text(out, text)
