@@ -154,6 +154,13 @@ def logged_seconds(text: str, what: str) -> list[float]:
     return [float(m) for m in re.findall(pattern, text)]
 
 
+def find(rows: list[dict], grid: str, workers: int, tracking: str) -> dict:
+    """The measured sweep of (grid, workers, tracking)."""
+    return next(
+        r for r in rows if (r["grid"], r["workers"], r["tracking"]) == (grid, workers, tracking)
+    )
+
+
 def calibrate(root: Path) -> dict[str, float]:
     """Seconds of one training epoch per model on the default dev cohort (one worker)."""
     data_dir = root / "data-default"  # the default cohort size, whatever --dev-size says
@@ -228,56 +235,39 @@ def main() -> None:
                         f"wall={r['wall_s']:7.1f}s  {60 * r['runs'] / r['wall_s']:6.1f} runs/min",
                         flush=True,
                     )
+        pairs = [
+            (grid, workers, *(find(rows, grid, workers, t) for t in ("none", "mlflow")))
+            for grid in a.grids
+            for workers in a.workers
+        ]
         print("\ntracking overhead, wall(mlflow) / wall(none) - 1 (target < 5%):")
-        for grid in a.grids:
-            for workers in a.workers:
-                none, mlf = (
-                    next(
-                        r
-                        for r in rows
-                        if (r["grid"], r["workers"], r["tracking"]) == (grid, workers, t)
-                    )
-                    for t in ("none", "mlflow")
-                )
-                over = mlf["wall_s"] / none["wall_s"] - 1
-                per_run = (mlf["wall_s"] - none["wall_s"]) * workers / max(mlf["runs"], 1)
-                print(
-                    f"{grid:>13s} workers={workers}: {100 * over:+6.1f}%  (~{per_run:.1f} s per run per worker)"
-                )
+        for grid, workers, none, mlf in pairs:
+            over = mlf["wall_s"] / none["wall_s"] - 1
+            per_run = (mlf["wall_s"] - none["wall_s"]) * workers / max(mlf["runs"], 1)
+            print(
+                f"{grid:>13s} workers={workers}: {100 * over:+6.1f}%  (~{per_run:.1f} s per run per worker)"
+            )
         print(
             "\ntime inside MLflow, timed by the tracked sweep itself (the store's creation in the "
             "launching process + every run's own tracking time, MLflow's import in each worker "
             "included), as a share of the untracked sweep's worker time (wall x workers):"
         )
-        for grid in a.grids:
-            for workers in a.workers:
-                none, mlf = (
-                    next(
-                        r
-                        for r in rows
-                        if (r["grid"], r["workers"], r["tracking"]) == (grid, workers, t)
-                    )
-                    for t in ("none", "mlflow")
-                )
-                if "tracking_s" not in mlf:
-                    continue
-                inside = mlf["store_s"] + mlf["tracking_s"]
-                print(
-                    f"{grid:>13s} workers={workers}: {inside:6.1f} s = "
-                    f"{100 * inside / (none['wall_s'] * workers):4.1f}%  (store {mlf['store_s']:.1f} s, "
-                    f"{mlf['tracked_runs']} runs {mlf['tracking_s']:.1f} s, "
-                    f"{mlf['tracking_s'] / max(mlf['tracked_runs'], 1):.2f} s per run)"
-                )
+        for grid, workers, none, mlf in pairs:
+            if "tracking_s" not in mlf:
+                continue
+            inside = mlf["store_s"] + mlf["tracking_s"]
+            print(
+                f"{grid:>13s} workers={workers}: {inside:6.1f} s = "
+                f"{100 * inside / (none['wall_s'] * workers):4.1f}%  (store {mlf['store_s']:.1f} s, "
+                f"{mlf['tracked_runs']} runs {mlf['tracking_s']:.1f} s, "
+                f"{mlf['tracking_s'] / max(mlf['tracked_runs'], 1):.2f} s per run)"
+            )
 
         if a.no_calibrate or "thesis_slice" not in a.grids:
             return
         per_epoch = calibrate(root)
         best = max(a.workers)
-        ref = next(
-            r
-            for r in rows
-            if (r["grid"], r["workers"], r["tracking"]) == ("thesis_slice", best, "mlflow")
-        )
+        ref = find(rows, "thesis_slice", best, "mlflow")
         # per-run cost beyond training (start-up, data, evaluation, tracking), from the slice sweep
         fixed = (ref["wall_s"] * best - ref["train_s"]) / ref["runs"]
         per_run = {m: 10 * per_epoch[m] + fixed for m in MODELS}
