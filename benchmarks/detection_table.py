@@ -150,7 +150,9 @@ def oracle_row(run: pd.Series) -> dict[str, Any]:
     poisoned_file = run_dir / rundir.POISONED_INDICES_FILE
     poisoned = np.load(poisoned_file)
     out = run_dir / sanitize.SANITIZED_DIR / ORACLE
-    after = train.run(sanitize.sanitized_config(cfg, run_dir, out, poisoned_file, poisoned))
+    train_cfg = sanitize.sanitized_config(cfg, run_dir, out, poisoned_file, poisoned)
+    train_cfg.sanitize.detector = ORACLE  # no detector: the truth
+    after = train.run(train_cfg)
     before = read_json(run_dir / rundir.METRICS_FILE)
     clean = sanitize.clean_model_metrics(run_dir)
     row = {
