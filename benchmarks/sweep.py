@@ -132,7 +132,11 @@ def sweep(
     train_s = sum(
         json.loads((r / rundir.METADATA_FILE).read_text())["timings"]["train_s"] for r in runs
     )
-    per_run = [t for r in runs for t in logged_seconds((r / "train.log").read_text(), "train")]
+    # a run's own line is the last in its train.log (a clean reference trained inside a
+    # poisoned job logs its line into both)
+    per_run = [
+        own[-1] for r in runs if (own := logged_seconds((r / "train.log").read_text(), "train"))
+    ]
     store = logged_seconds(out.stdout + out.stderr, "store")
     return {
         "grid": grid,
