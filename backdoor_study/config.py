@@ -836,6 +836,43 @@ class ReportConfig(SummarizeConfig):
 
 
 # ---------------------------------------------------------------------------- detectors
+# The detector parameters live here once: each schema below is also the base class of its
+# detector (backdoor_study.detectors), so a default or a check cannot differ between
+# `python -m backdoor_study.detect detector.alpha=...` and `build_detector("spectre", alpha=...)`.
+SPECTRAL_TAILS = ("skew", "both")
+AC_REDUCERS = ("fastica", "pca")
+AC_RULES = ("size", "silhouette", "size_or_silhouette", "size_and_silhouette")
+AC_FLAG_RULES = ("cluster", "budget")
+SPECTRE_ESTIMATORS = ("csteps", "mcd")
+SALIENCY_METHODS = ("integrated_gradients", "input_x_gradient", "saliency")
+SALIENCY_UNITS = ("window", "variable", "cell")
+SALIENCY_EVIDENCE = ("positive", "share")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _require_ints(obj: object, *keys: str, minimum: int = 1) -> None:
+    for key in keys:
+        value = getattr(obj, key)
+        _require(
+            _is_int(value) and value >= minimum,
+            f"detector.{key}",
+            value,
+            f"an integer >= {minimum}",
+        )
+
+
+def _require_choice(obj: object, key: str, choices: tuple[str, ...]) -> None:
+    value = getattr(obj, key)
+    _require(value in choices, f"detector.{key}", value, f"one of {list(choices)}")
+
+
 @dataclass
 class DetectorConfig:
     """Shared detector fields. Per class, the top ``eps_multiplier x expected_rate`` stays by
@@ -846,7 +883,7 @@ class DetectorConfig:
 
     def __post_init__(self) -> None:
         _require(
-            self.eps_multiplier > 0,
+            _is_number(self.eps_multiplier) and self.eps_multiplier > 0,
             "detector.eps_multiplier",
             self.eps_multiplier,
             "a number > 0 (the flag budget is eps_multiplier x expected_rate)",
@@ -860,8 +897,7 @@ class SpectralDetectorConfig(DetectorConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        tails = ("skew", "both")
-        _require(self.tail in tails, "detector.tail", self.tail, f"one of {list(tails)}")
+        _require_choice(self, "tail", SPECTRAL_TAILS)
 
 
 @dataclass
@@ -880,38 +916,22 @@ class ActivationClusteringDetectorConfig(DetectorConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _require_ints(self, "n_components")
+        _require_choice(self, "reducer", AC_REDUCERS)
+        _require_choice(self, "rule", AC_RULES)
+        _require_choice(self, "flag_rule", AC_FLAG_RULES)
+        t = self.size_threshold
         _require(
-            self.n_components >= 1, "detector.n_components", self.n_components, "an integer >= 1"
+            _is_number(t) and 0.0 < t <= 0.5, "detector.size_threshold", t, "a fraction in (0, 0.5]"
         )
-        choices = {
-            "reducer": ("fastica", "pca"),
-            "rule": ("size", "silhouette", "size_or_silhouette", "size_and_silhouette"),
-            "flag_rule": ("cluster", "budget"),
-        }
-        for key, valid in choices.items():
-            value = getattr(self, key)
-            _require(value in valid, f"detector.{key}", value, f"one of {list(valid)}")
+        t = self.silhouette_threshold
         _require(
-            0.0 < self.size_threshold <= 0.5,
-            "detector.size_threshold",
-            self.size_threshold,
-            "a fraction in (0, 0.5]",
-        )
-        _require(
-            -1.0 <= self.silhouette_threshold <= 1.0,
+            _is_number(t) and -1.0 <= t <= 1.0,
             "detector.silhouette_threshold",
-            self.silhouette_threshold,
+            t,
             "a number in [-1, 1]",
         )
-        _require(
-            self.silhouette_rows >= 2,
-            "detector.silhouette_rows",
-            self.silhouette_rows,
-            "an integer >= 2",
-        )
-        _require(
-            self.max_fit_rows >= 2, "detector.max_fit_rows", self.max_fit_rows, "an integer >= 2"
-        )
+        _require_ints(self, "silhouette_rows", "max_fit_rows", minimum=2)
 
 
 @dataclass
@@ -926,26 +946,22 @@ class SpectreDetectorConfig(DetectorConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _require_ints(self, "n_components")
         _require(
-            self.n_components >= 1, "detector.n_components", self.n_components, "an integer >= 1"
+            _is_number(self.alpha) and self.alpha >= 0,
+            "detector.alpha",
+            self.alpha,
+            "a number >= 0",
         )
-        _require(self.alpha >= 0, "detector.alpha", self.alpha, "a number >= 0")
-        estimators = ("csteps", "mcd")
+        _require_choice(self, "estimator", SPECTRE_ESTIMATORS)
+        f = self.support_fraction
         _require(
-            self.estimator in estimators,
-            "detector.estimator",
-            self.estimator,
-            f"one of {list(estimators)}",
-        )
-        _require(
-            self.support_fraction is None or 0.0 < self.support_fraction < 1.0,
+            f is None or (_is_number(f) and 0.0 < f < 1.0),
             "detector.support_fraction",
-            self.support_fraction,
+            f,
             "null or a fraction in (0, 1)",
         )
-        _require(
-            self.max_fit_rows >= 2, "detector.max_fit_rows", self.max_fit_rows, "an integer >= 2"
-        )
+        _require_ints(self, "max_fit_rows", minimum=2)
 
 
 @dataclass
@@ -960,22 +976,10 @@ class SaliencyDetectorConfig(DetectorConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        methods = ("integrated_gradients", "input_x_gradient", "saliency")
-        _require(self.method in methods, "detector.method", self.method, f"one of {list(methods)}")
-        _require(self.n_steps >= 1, "detector.n_steps", self.n_steps, "an integer >= 1")
-        units = ("window", "variable", "cell")
-        _require(self.unit in units, "detector.unit", self.unit, f"one of {list(units)}")
-        _require(
-            self.window_hours >= 1, "detector.window_hours", self.window_hours, "an integer >= 1"
-        )
-        evidence = ("positive", "share")
-        _require(
-            self.evidence in evidence,
-            "detector.evidence",
-            self.evidence,
-            f"one of {list(evidence)}",
-        )
-        _require(self.batch_size >= 1, "detector.batch_size", self.batch_size, "an integer >= 1")
+        _require_choice(self, "method", SALIENCY_METHODS)
+        _require_choice(self, "unit", SALIENCY_UNITS)
+        _require_choice(self, "evidence", SALIENCY_EVIDENCE)
+        _require_ints(self, "n_steps", "window_hours", "batch_size")
 
 
 @dataclass
@@ -989,14 +993,10 @@ class IsolationForestDetectorConfig(DetectorConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(
-            self.n_estimators >= 1, "detector.n_estimators", self.n_estimators, "an integer >= 1"
-        )
+        _require_ints(self, "n_estimators")
         m = self.max_samples
         _require(
-            m == "auto"
-            or (isinstance(m, int) and not isinstance(m, bool) and m >= 1)
-            or (isinstance(m, float) and 0.0 < m <= 1.0),
+            m == "auto" or (_is_int(m) and m >= 1) or (isinstance(m, float) and 0.0 < m <= 1.0),
             "detector.max_samples",
             m,
             "'auto', an integer >= 1 or a fraction in (0, 1]",

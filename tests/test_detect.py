@@ -19,7 +19,7 @@ from sklearn.metrics import roc_auc_score
 from backdoor_study import detect, rundir, sanitize, train
 from backdoor_study.config import CONF_DIR, DETECTOR_SCHEMAS, ConfigError
 from backdoor_study.data.schema import DataValidationError, write_parquet
-from backdoor_study.detectors import DETECTORS
+from backdoor_study.detectors import DETECTORS, build_detector
 from tests.conftest import REPO_ROOT, make_tiny_dataset
 
 # rare_value on Temp in the last third of a 12-step stay: implants reliably on the tiny cohort
@@ -273,16 +273,23 @@ def test_runs_root_mode_detects_every_completed_train_run(runs, tmp_path):
         detect.run(detect_cfg(None, f"runs_root={root / 'c'}", "detector=spectral"))
 
 
-def test_schema_defaults_match_the_detectors_own(runs):
-    """The config schema and the detector class must not drift apart on a default."""
+def test_each_detector_is_its_config_schema():
+    """One definition of a detector's parameters: the schema is the detector's base class, so the
+    CLI's defaults and checks and build_detector's are the same ones."""
     import dataclasses
 
     for name, schema in DETECTOR_SCHEMAS.items():
-        own = {f.name: f.default for f in dataclasses.fields(DETECTORS[name])}
+        cls = DETECTORS[name]
+        assert issubclass(cls, schema), name
+        assert {f.name for f in dataclasses.fields(cls) if f.init} == {
+            f.name for f in dataclasses.fields(schema)
+        }, name
+        built = build_detector(name)
         for f in dataclasses.fields(schema):
             if f.name != "name":
-                assert f.name in own, f"{name}: schema key {f.name} is not a detector parameter"
-                assert own[f.name] == f.default, (name, f.name)
+                assert getattr(built, f.name) == f.default, (name, f.name)
+    with pytest.raises(ConfigError, match=r"detector\.n_components=1\.5 is invalid"):
+        build_detector("spectre", n_components=1.5)  # a float is not an integer here either
 
 
 def test_sanitize_removes_the_backdoor_and_links_both_runs(runs, tmp_path):

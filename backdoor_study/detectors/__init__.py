@@ -57,7 +57,7 @@ def build_detector(name: str, **params: Any) -> Detector:
     if name not in DETECTORS:
         raise ValueError(f"detector={name!r} is unknown: expected one of {sorted(DETECTORS)}")
     cls = DETECTORS[name]
-    valid = [f.name for f in dataclasses.fields(cls) if f.init]
+    valid = [f.name for f in dataclasses.fields(cls) if f.init and f.name != "name"]
     unknown = sorted(set(params) - set(valid))
     if unknown:
         raise ValueError(

@@ -22,19 +22,16 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA, FastICA
 from sklearn.metrics import silhouette_score
 
-from backdoor_study.detectors.base import Detector, _check, require, require_int
-
-REDUCERS = ("fastica", "pca")
-RULES = ("size", "silhouette", "size_or_silhouette", "size_and_silhouette")
-FLAG_RULES = ("cluster", "budget")
+from backdoor_study.config import ActivationClusteringDetectorConfig
+from backdoor_study.detectors.base import Detector, _check
 
 
 @dataclass
-class ActivationClustering(Detector):
+class ActivationClustering(ActivationClusteringDetectorConfig, Detector):
     """2-means per class on reduced features. ``score(features (N, D), labels (N,)) -> (N,)``.
 
-    Parameters: ``n_components`` >= 1 (10 in the paper); ``reducer`` one of ``REDUCERS``;
-    ``rule`` one of ``RULES``; ``size_threshold`` in (0, 0.5]: the largest share of a class the
+    Parameters: ``n_components`` >= 1 (10 in the paper); ``reducer`` one of ``config.AC_REDUCERS``;
+    ``rule`` one of ``config.AC_RULES``; ``size_threshold`` in (0, 0.5]: the largest share of a class the
     smaller cluster may hold and still count as poison (0.35 as in ART); ``silhouette_threshold``
     in [-1, 1]; ``silhouette_rows`` >= 2: the silhouette (quadratic in n) is computed on at most
     this many rows of a class, and only when ``rule`` uses it (else it is reported as NaN); ``flag_rule``: ``cluster`` flags the whole smaller cluster of a
@@ -51,43 +48,11 @@ class ActivationClustering(Detector):
     rule (silhouettes 0.22-0.35) it flags ~40% of every class instead.
 
     After :meth:`score`, ``class_report_`` holds per class (int label) ``n``, ``small_fraction``,
-    ``silhouette`` and ``poison_split`` (bool), the evidence behind the flags.
+    ``silhouette`` and ``poison_split`` (bool), the evidence behind the flags. The parameters
+    and their checks are ``config.ActivationClusteringDetectorConfig``'s.
     """
 
-    n_components: int = 10
-    reducer: str = "pca"
-    rule: str = "size"
-    size_threshold: float = 0.35
-    silhouette_threshold: float = 0.15
-    silhouette_rows: int = 5000
-    max_fit_rows: int = 100_000
-    flag_rule: str = "cluster"
-    random_state: int = 0
     class_report_: dict = field(default_factory=dict, init=False, repr=False)
-
-    name = "activation_clustering"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require_int(self, "n_components")
-        require(self.reducer in REDUCERS, "reducer", self.reducer, f"one of {REDUCERS}")
-        require(self.rule in RULES, "rule", self.rule, f"one of {RULES}")
-        require(self.flag_rule in FLAG_RULES, "flag_rule", self.flag_rule, f"one of {FLAG_RULES}")
-        require(
-            isinstance(self.size_threshold, (int, float)) and 0.0 < self.size_threshold <= 0.5,
-            "size_threshold",
-            self.size_threshold,
-            "a fraction in (0, 0.5]",
-        )
-        require(
-            isinstance(self.silhouette_threshold, (int, float))
-            and -1.0 <= self.silhouette_threshold <= 1.0,
-            "silhouette_threshold",
-            self.silhouette_threshold,
-            "a number in [-1, 1]",
-        )
-        require_int(self, "silhouette_rows", minimum=2)
-        require_int(self, "max_fit_rows", minimum=2)
 
     def score(self, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
         features, labels = _check(features, labels)

@@ -17,6 +17,7 @@ import numpy as np
 from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import LocalOutlierFactor
 
+from backdoor_study.config import IsolationForestDetectorConfig
 from backdoor_study.detectors.base import Detector, _check, per_class, require, require_int
 
 ZSCORE_REDUCTIONS = ("max", "mean_square")
@@ -38,31 +39,13 @@ class _OutlierDetector(Detector):
 
 
 @dataclass
-class IsolationForestDetector(_OutlierDetector):
+class IsolationForestDetector(IsolationForestDetectorConfig, _OutlierDetector):
     """scikit-learn's IsolationForest (Liu et al. 2008); score = minus ``score_samples``.
 
     ``n_estimators`` >= 1 trees, each on ``max_samples`` rows ("auto" = min(256, n), an int >= 1
-    or a fraction in (0, 1]); ``random_state`` makes it deterministic.
+    or a fraction in (0, 1]); ``random_state`` makes it deterministic. The parameters and their
+    checks are ``config.IsolationForestDetectorConfig``'s.
     """
-
-    n_estimators: int = 100
-    max_samples: int | float | str = "auto"
-    random_state: int = 0
-
-    name = "isolation_forest"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require_int(self, "n_estimators")
-        m = self.max_samples
-        require(
-            m == "auto"
-            or (isinstance(m, int) and not isinstance(m, bool) and m >= 1)
-            or (isinstance(m, float) and 0.0 < m <= 1.0),
-            "max_samples",
-            m,
-            "'auto', an integer >= 1 or a fraction in (0, 1]",
-        )
 
     def _outlier_scores(self, rows: np.ndarray) -> np.ndarray:
         if rows.shape[0] < 2:

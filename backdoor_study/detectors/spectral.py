@@ -24,9 +24,8 @@ import numpy as np
 from scipy.stats import skew
 from sklearn.decomposition import PCA
 
-from backdoor_study.detectors.base import Detector, per_class, require
-
-TAILS = ("skew", "both")
+from backdoor_study.config import SpectralDetectorConfig
+from backdoor_study.detectors.base import Detector, per_class
 
 
 def principal_projections(rows: np.ndarray, n_components: int) -> np.ndarray:
@@ -39,18 +38,11 @@ def principal_projections(rows: np.ndarray, n_components: int) -> np.ndarray:
 
 
 @dataclass
-class SpectralSignature(Detector):
+class SpectralSignature(SpectralDetectorConfig, Detector):
     """Score = projection of the class-centred features on the class's top singular vector:
     signed towards the long tail (``tail="skew"``) or squared (``tail="both"``, the paper's).
-    ``score(features (N, D), labels (N,)) -> (N,)``; flags with the per-class budget."""
-
-    tail: str = "skew"
-
-    name = "spectral"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.tail in TAILS, "tail", self.tail, f"one of {TAILS}")
+    ``score(features (N, D), labels (N,)) -> (N,)``; flags with the per-class budget.
+    Parameters and their checks: ``config.SpectralDetectorConfig`` (``tail`` one of ``config.SPECTRAL_TAILS``)."""
 
     def score(self, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return per_class(features, labels, self._class_scores)

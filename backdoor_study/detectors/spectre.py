@@ -23,14 +23,13 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.covariance import MinCovDet
 
-from backdoor_study.detectors.base import Detector, per_class, require, require_int
+from backdoor_study.config import SpectreDetectorConfig
+from backdoor_study.detectors.base import Detector, per_class
 from backdoor_study.detectors.spectral import principal_projections
-
-ESTIMATORS = ("csteps", "mcd")
 
 
 @dataclass
-class Spectre(Detector):
+class Spectre(SpectreDetectorConfig, Detector):
     """Robust-whitened QUE scores. ``score(features (N, D), labels (N,)) -> (N,)``.
 
     ``n_components`` >= 1 principal axes kept per class; ``alpha`` >= 0 the QUE temperature;
@@ -64,34 +63,6 @@ class Spectre(Detector):
     direction alone, and on these runs it is often a direction of heavy-tailed clean stays.
     ``n_components`` 8 or 32 were worse at 5% (0.838, 0.775 with alpha 0).
     """
-
-    n_components: int = 16
-    alpha: float = 1.0
-    estimator: str = "csteps"
-    support_fraction: float | None = 0.9
-    max_fit_rows: int = 100_000
-    random_state: int = 0
-
-    name = "spectre"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require_int(self, "n_components")
-        require(
-            isinstance(self.alpha, (int, float)) and self.alpha >= 0,
-            "alpha",
-            self.alpha,
-            "a number >= 0",
-        )
-        f = self.support_fraction
-        require(
-            f is None or (isinstance(f, float) and 0.0 < f < 1.0),
-            "support_fraction",
-            f,
-            "null or a fraction in (0, 1)",
-        )
-        require_int(self, "max_fit_rows", minimum=2)
-        require(self.estimator in ESTIMATORS, "estimator", self.estimator, f"one of {ESTIMATORS}")
 
     def score(self, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return per_class(features, labels, self._class_scores)
