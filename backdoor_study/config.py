@@ -1062,7 +1062,7 @@ class DetectConfig:
             or (
                 isinstance(fc, (list, tuple, ListConfig))
                 and len(fc) > 0
-                and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in fc)
+                and all(_is_int(c) and c >= 0 for c in fc)
             ),
             "flag_classes",
             fc,

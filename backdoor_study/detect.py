@@ -255,11 +255,8 @@ def _detect(
         else None
     )
 
-    t0 = time.perf_counter()
-    scores, attribution_map = _score(cfg, detector, name, loaded, labels)
-    flagged = np.asarray(detector.flag(scores, labels, expected_rate), dtype=bool)
     classes = flag_classes(cfg)
-    if classes is not None:
+    if classes is not None:  # checked before scoring, which can take seconds (saliency)
         present = sorted(int(c) for c in np.unique(labels))
         missing = [c for c in classes if c not in present]
         if missing:
@@ -267,6 +264,11 @@ def _detect(
                 f"flag_classes={classes} names class(es) {missing} that no training stay of "
                 f"{run_dir} has; valid: 'all' or a list of {present}"
             )
+
+    t0 = time.perf_counter()
+    scores, attribution_map = _score(cfg, detector, name, loaded, labels)
+    flagged = np.asarray(detector.flag(scores, labels, expected_rate), dtype=bool)
+    if classes is not None:
         flagged &= np.isin(labels, classes)
     wall_s = time.perf_counter() - t0
     if scores.shape != (n,):
