@@ -12,9 +12,11 @@ look the same. One MLflow run per (kind, run directory, config digest): a resume
 reuses it, so re-running a sweep or ``sync`` never adds runs.
 
 Store: ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///{runs_root}/mlflow.db``
-with artifacts in ``{runs_root}/mlartifacts``. Creating a fresh SQLite store takes seconds and is
-not safe under concurrent creators, so multirun sweeps create it once in the launching process
-(:func:`prepare_store`, called by ``backdoor_study.sweep.SweepCallback``).
+with artifacts in ``{runs_root}/mlartifacts``. A fresh SQLite store is not safe under concurrent
+creators, so multirun sweeps create it once in the launching process (:func:`prepare_store`, called
+by ``backdoor_study.sweep.SweepCallback``). MLflow builds a store by replaying its schema
+migrations (~2 s); a new store here starts as a copy of an empty one made once per MLflow version
+and cached (:func:`cache_dir`).
 
 ``BACKDOOR_STUDY_TRACKING=none`` turns tracking off whatever the config says (the test suite sets
 it so that only tracking tests pay for a store).
@@ -45,6 +47,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 log = logging.getLogger("backdoor_study.tracking")
 
 TRACKING_ENV = "BACKDOOR_STUDY_TRACKING"
+CACHE_ENV = "BACKDOOR_STUDY_CACHE_DIR"
 STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = rundir.TRACKING_ARTIFACTS_DIR
 TAG = "backdoor_study."  # prefix of our own tags
@@ -60,6 +63,10 @@ RUN_ARTIFACTS = (
 )
 MLFLOW_DIGEST_LEN = 36  # MLflow's dataset digest column; the full sha256 goes in a tag
 PARAM_VALUE_MAX = 6000
+# MLflow's log_batch limits (per call): params, tags, all entities together
+MAX_PARAMS_PER_BATCH = 100
+MAX_TAGS_PER_BATCH = 100
+MAX_ENTITIES_PER_BATCH = 1000
 
 
 # The prefix of the INFO line each tracked run writes with its tracking time (train.log).
@@ -113,8 +120,61 @@ def _client(tracking: DictConfig, uri: str) -> Any:
     from mlflow.tracking import MlflowClient
 
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        db = Path(uri[len("sqlite:///") :])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        if not db.exists():
+            _seed_sqlite_store(db)
     return MlflowClient(tracking_uri=uri)
+
+
+def cache_dir() -> Path:
+    """Where reusable files are cached: ``$BACKDOOR_STUDY_CACHE_DIR``, else ``data/cache`` (the
+    same place as the parsed PhysioNet sets, ``data.cache_dir``)."""
+    return Path(os.environ.get(CACHE_ENV) or "data/cache")
+
+
+def _store_template() -> Path:
+    """An empty SQLite store with MLflow's current schema (no experiment yet), made once per
+    MLflow version and set of schema migrations and kept in :func:`cache_dir`."""
+    import hashlib
+
+    import mlflow
+    from mlflow.store.db import utils as db_utils
+
+    versions = Path(mlflow.__file__).parent / "store" / "db_migrations" / "versions"
+    migrations = sorted(p.name for p in versions.glob("*.py"))
+    key = hashlib.sha256("\n".join(migrations).encode()).hexdigest()[:12]
+    template = cache_dir() / f"mlflow-{mlflow.__version__}-{key}-empty.db"
+    if not template.exists():
+        template.parent.mkdir(parents=True, exist_ok=True)
+        tmp = template.with_name(f".{template.name}.{os.getpid()}.tmp")
+        try:
+            engine = db_utils.create_sqlalchemy_engine_with_retry(f"sqlite:///{tmp}")
+            db_utils._initialize_tables(engine)  # what MLflow runs on an empty database
+            engine.dispose()
+            os.replace(tmp, template)  # complete or absent
+        finally:
+            tmp.unlink(missing_ok=True)
+    return template
+
+
+def _seed_sqlite_store(db: Path) -> None:
+    """Start a new SQLite store as a copy of :func:`_store_template`. MLflow builds a new store by
+    replaying its ~70 schema migrations, ~2 s each time; a copy takes milliseconds and is the same
+    database. MLflow adds the Default experiment (with this store's artifact root) when it opens
+    it. The copy is put in place only if no store exists there by then (never replaced). Any
+    failure leaves MLflow to create the store itself, as without the cache."""
+    import shutil
+
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(_store_template(), tmp)
+        with contextlib.suppress(FileExistsError):  # another process made the store meanwhile
+            os.link(tmp, db)
+    except Exception as e:  # noqa: BLE001 - MLflow then creates the store as usual
+        log.debug("no store template (%s: %s); MLflow creates the store", type(e).__name__, e)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _experiment_id(client: Any, name: str, uri: str) -> str:
@@ -205,13 +265,23 @@ class Tracker:
 
 
 class MlflowTracker(Tracker):
-    """One MLflow run. Any store error disables the tracker with one warning; the run goes on."""
+    """One MLflow run. Any store error disables the tracker with one warning; the run goes on.
 
-    def __init__(self, client: Any, run_id: str, uri: str) -> None:
+    Tags and metrics are queued and written together, in as few ``log_batch`` calls as MLflow's
+    limits allow, by :meth:`flush` (the ``log_*_run`` functions and :meth:`end` call it): each call
+    is a database transaction. Params are written at once, so a running run shows its config.
+    ``new``: the run was created by this tracker, so nothing is logged to it yet (no need to read
+    it back to skip what is there)."""
+
+    def __init__(self, client: Any, run_id: str, uri: str, new: bool = False) -> None:
         self.client = client
         self.run_id = run_id
         self.uri = uri
         self.failed = False
+        self._params: set[str] | None = set() if new else None  # keys logged (None: unknown)
+        self._datasets: set[str] | None = set() if new else None  # digests logged
+        self._metrics: list[Any] = []
+        self._tags: list[Any] = []
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
@@ -230,10 +300,12 @@ class MlflowTracker(Tracker):
         with self._guard():
             if self.failed:
                 return
-            have = self.client.get_run(self.run_id).data.params
-            todo = [Param(k, v) for k, v in params.items() if k not in have]
-            for i in range(0, len(todo), 100):  # MLflow's per-call limit
-                self.client.log_batch(self.run_id, params=todo[i : i + 100])
+            if self._params is None:  # a reused run: params are immutable, skip those logged
+                self._params = set(self.client.get_run(self.run_id).data.params)
+            todo = [Param(k, v) for k, v in params.items() if k not in self._params]
+            for i in range(0, len(todo), MAX_PARAMS_PER_BATCH):
+                self.client.log_batch(self.run_id, params=todo[i : i + MAX_PARAMS_PER_BATCH])
+            self._params.update(p.key for p in todo)
 
     def log_epochs(self, rows: list[tuple[dict[str, Any], int]]) -> None:
         self._log_metrics(rows)
@@ -242,21 +314,31 @@ class MlflowTracker(Tracker):
         self._log_metrics([(metrics, 0)])
 
     def _log_metrics(self, rows: list[tuple[dict[str, Any], int]]) -> None:
-        import time
-
         from mlflow.entities import Metric
 
+        now = int(time.time() * 1000)
+        self._metrics += [
+            Metric(k, float(v), now, int(step))
+            for metrics, step in rows
+            for k, v in _scalars(metrics).items()
+        ]
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self._tags += [RunTag(k, str(v)) for k, v in tags.items() if v is not None]
+
+    def flush(self) -> None:
+        """Write the queued tags and metrics: one transaction per ``MAX_TAGS_PER_BATCH`` tags /
+        ``MAX_ENTITIES_PER_BATCH`` entities (one for a run's usual 10-20 tags and ~100 metrics)."""
         with self._guard():
             if self.failed:
                 return
-            now = int(time.time() * 1000)
-            batch = [
-                Metric(k, float(v), now, int(step))
-                for metrics, step in rows
-                for k, v in _scalars(metrics).items()
-            ]
-            for i in range(0, len(batch), 1000):
-                self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
+            while self._tags or self._metrics:
+                tags = self._tags[:MAX_TAGS_PER_BATCH]
+                metrics = self._metrics[: MAX_ENTITIES_PER_BATCH - len(tags)]
+                self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
+                del self._tags[: len(tags)], self._metrics[: len(metrics)]
 
     def log_artifacts(self, paths: Iterable[Path], artifact_path: str | None = None) -> None:
         with self._guard():
@@ -279,27 +361,21 @@ class MlflowTracker(Tracker):
         with self._guard():
             if self.failed:
                 return
-            if any(
-                d.dataset.digest == digest[:MLFLOW_DIGEST_LEN]
-                for d in self.client.get_run(self.run_id).inputs.dataset_inputs
-            ):
+            short = digest[:MLFLOW_DIGEST_LEN]
+            if self._datasets is None:  # a reused run: it may have the input already
+                inputs = self.client.get_run(self.run_id).inputs.dataset_inputs
+                self._datasets = {d.dataset.digest for d in inputs}
+            if short in self._datasets:
                 return
             # MLflow's own digests hash only the first rows of a dataset, which would miss
             # poisoning: ours is a sha256 over every array (ClinicalDataset.digest()).
-            ds = MetaDataset(_data_source(source), name=name, digest=digest[:MLFLOW_DIGEST_LEN])
+            ds = MetaDataset(_data_source(source), name=name, digest=short)
             tags = [InputTag("mlflow.data.context", context), InputTag(f"{TAG}data_digest", digest)]
             self.client.log_inputs(self.run_id, [DatasetInput(ds._to_mlflow_entity(), tags)])
-
-    def set_tags(self, tags: dict[str, Any]) -> None:
-        with self._guard():
-            if self.failed:
-                return
-            from mlflow.entities import RunTag
-
-            batch = [RunTag(k, str(v)) for k, v in tags.items() if v is not None]
-            self.client.log_batch(self.run_id, tags=batch)  # one transaction, not one per tag
+            self._datasets.add(short)
 
     def end(self, status: str) -> None:
+        self.flush()
         with self._guard():
             if not self.failed:
                 self.client.set_terminated(self.run_id, status)
@@ -440,7 +516,7 @@ def _open_run(
             run_id = client.create_run(
                 exp_id, run_name=run_name(run_cfg, kind), tags=tags
             ).info.run_id
-        tracker = MlflowTracker(client, run_id, uri)
+        tracker = MlflowTracker(client, run_id, uri, new=existing is None)
         tracker.log_params(flatten(rundir.config_identity(run_cfg)))
         return tracker
     except Exception as e:  # noqa: BLE001 - tracking must never stop the work
@@ -505,6 +581,8 @@ def _timed(fn):  # noqa: ANN001, ANN202 - a decorator for the log_*_run(tracker,
         try:
             return fn(tracker, *args, **kwargs)
         finally:
+            if isinstance(tracker, MlflowTracker):
+                tracker.flush()
             if tracker.run_id is not None:
                 tracker.elapsed_s += time.perf_counter() - t0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,70 @@ def test_detect_and_sanitize_are_children_of_the_training_run(cohort, store, tmp
     sync_cfg.tracking.uri = store
     assert sync.run(sync_cfg)["logged"] == 0
     assert len(runs_of(store, "stages")) == 4
+
+
+def test_a_new_store_is_a_copy_of_the_cached_empty_one(tmp_path, monkeypatch, tracking_on):
+    """The first store made on a machine leaves an empty template in the cache; later stores are
+    copies of it (no schema migrations run) and behave as stores MLflow made itself."""
+    from mlflow.store.db import utils as db_utils
+
+    monkeypatch.setenv(tracking.CACHE_ENV, str(tmp_path / "cache"))
+    cfg = make_cfg("sync", tmp_path, tmp_path, f"runs_root={tmp_path / 'first'}")
+    assert tracking.prepare_store(cfg) is not None
+    (template,) = (tmp_path / "cache").glob("mlflow-*-empty.db")
+
+    def no_migrations(engine):
+        raise AssertionError("the store should have been copied, not built")
+
+    monkeypatch.setattr(db_utils, "_initialize_tables", no_migrations)
+    second = tmp_path / "second"
+    cfg.runs_root = str(second)
+    cfg.tracking.experiment = "other"
+    experiment_id = tracking.prepare_store(cfg)
+    client = MlflowClient(f"sqlite:///{second / tracking.STORE_FILE}")
+    exp = client.get_experiment(experiment_id)
+    assert exp.name == "other"
+    assert exp.artifact_location == (second / tracking.ARTIFACTS_DIR).resolve().as_uri()
+    assert client.get_experiment("0").name == "Default"  # added by MLflow on opening the copy
+    run = client.create_run(experiment_id)
+    client.log_metric(run.info.run_id, "m", 1.0)
+    assert client.get_run(run.info.run_id).data.metrics == {"m": 1.0}
+    with sqlite3.connect(template) as db:  # the template itself stays empty
+        assert db.execute("select count(*) from experiments").fetchone() == (0,)
+        assert db.execute("select count(*) from runs").fetchone() == (0,)
+
+
+def test_an_unwritable_cache_leaves_mlflow_to_build_the_store(tmp_path, monkeypatch, tracking_on):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the cache directory would go")
+    monkeypatch.setenv(tracking.CACHE_ENV, str(blocker / "cache"))
+    cfg = make_cfg("sync", tmp_path, tmp_path, f"runs_root={tmp_path / 'runs'}")
+    experiment_id = tracking.prepare_store(cfg)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / tracking.STORE_FILE}")
+    assert client.get_experiment(experiment_id).name == cfg.tracking.experiment
+    assert not list((tmp_path / "runs").glob(".*.tmp"))  # no copy left behind
+
+
+def test_a_tracked_run_is_written_in_few_transactions(cohort, store, tmp_path, tracking_on):
+    """Params at the start (a running run shows its config), then tags and every metric in one
+    batch: each log_batch is a database transaction, and per-run cost is what sweeps pay."""
+    calls = []
+    original = MlflowClient.log_batch
+
+    def counting(self, run_id, metrics=(), params=(), tags=(), **kwargs):
+        calls.append((len(metrics), len(params), len(tags)))
+        return original(self, run_id, metrics=metrics, params=params, tags=tags, **kwargs)
+
+    cfg = make_cfg(
+        "train", cohort, tmp_path, "trigger=rare_value", "poison_rate=0.05",
+        f"tracking.uri={store}", "tracking.experiment=batched",
+    )  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(MlflowClient, "log_batch", counting)
+        train.run(cfg)
+    (run,) = runs_of(store, "batched")
+    n_params, n_metrics = len(run.data.params), len(run.data.metrics)
+    assert sum(c[1] for c in calls) == n_params
+    assert len(calls) == -(-n_params // tracking.MAX_PARAMS_PER_BATCH) + 1  # params, then the rest
+    metrics, _, tags = calls[-1]
+    assert tags >= 9 and metrics >= n_metrics  # every epoch's and the final metrics at once
