@@ -133,7 +133,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or "data/cache")
 
 
-def _store_template() -> Path:
+def store_template() -> Path:
     """An empty SQLite store with MLflow's current schema (no experiment yet), made once per
     MLflow version and set of schema migrations and kept in :func:`cache_dir`."""
     import hashlib
@@ -159,7 +159,7 @@ def _store_template() -> Path:
 
 
 def _seed_sqlite_store(db: Path) -> None:
-    """Start a new SQLite store as a copy of :func:`_store_template`. MLflow builds a new store by
+    """Start a new SQLite store as a copy of :func:`store_template`. MLflow builds a new store by
     replaying its ~70 schema migrations, ~2 s each time; a copy takes milliseconds and is the same
     database. MLflow adds the Default experiment (with this store's artifact root) when it opens
     it. The copy is put in place only if no store exists there by then (never replaced). Any
@@ -168,7 +168,7 @@ def _seed_sqlite_store(db: Path) -> None:
 
     tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
     try:
-        shutil.copyfile(_store_template(), tmp)
+        shutil.copyfile(store_template(), tmp)
         with contextlib.suppress(FileExistsError):  # another process made the store meanwhile
             os.link(tmp, db)
     except Exception as e:  # noqa: BLE001 - MLflow then creates the store as usual
