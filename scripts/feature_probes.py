@@ -12,7 +12,9 @@ of the training stays labelled with the target class:
 - ``ica``: the best of 16 FastICA directions (each signed towards its longer tail) as a score, its
   skewness, and the largest skewness of any of the 16 (heavy-tailed clean directions);
 - ``spectre``: the spectre detector's AUROC with its defaults (over every training stay), and with
-  each ``--components`` number of principal axes.
+  each ``--components`` number of principal axes; and the share of the poisoned stays inside its
+  robust core (the rows its clean mean and covariance are estimated from: poison inside it is
+  whitened away);
 
 With the clean twin (the same path with poison rate ``0.0``), two controls: the clean model's
 features of the same triggered stays (``probe clean model``), and the clean model on its own
@@ -40,6 +42,7 @@ from sklearn.preprocessing import StandardScaler
 from backdoor_study import rundir
 from backdoor_study.detectors import build_detector
 from backdoor_study.detectors.spectral import principal_projections
+from backdoor_study.detectors.spectre import _inverse_sqrt, concentration_steps
 from backdoor_study.training import penultimate_features
 
 N_COMPONENTS = 16
@@ -61,6 +64,21 @@ def mahalanobis(x: np.ndarray, target: np.ndarray) -> float:
     shift = x[target].mean(0) - x[~target].mean(0)
     cov = LedoitWolf().fit(x[~target]).covariance_
     return float(np.sqrt(shift @ np.linalg.solve(cov, shift)))
+
+
+def in_robust_core(x: np.ndarray, target: np.ndarray) -> float:
+    """The share of ``target`` rows inside spectre's robust core: the ``support_fraction`` of rows
+    nearest to its robust estimate (default settings), on the top principal axes."""
+    spectre = build_detector("spectre")
+    z = principal_projections(x, spectre.n_components)
+    location, covariance = concentration_steps(z, spectre.support_fraction)
+    distance = (((z - location) @ _inverse_sqrt(covariance)) ** 2).sum(axis=1)
+    n, k = z.shape
+    f = spectre.support_fraction
+    h = int(np.ceil(f * n)) if f is not None else (n + k + 1) // 2  # as concentration_steps
+    core = np.zeros(n, dtype=bool)
+    core[np.argsort(distance, kind="stable")[:h]] = True
+    return float(core[target].mean())
 
 
 def probe_run(run_dir: Path, control: bool, components: list[int]) -> str:
@@ -87,6 +105,7 @@ def probe_run(run_dir: Path, control: bool, components: list[int]) -> str:
         f"{mahalanobis(principal_projections(x, N_COMPONENTS), p):.2f}",
         f"ica {ica_auroc[best]:.3f} (skew {abs(skews[best]):.1f}; largest {np.abs(skews).max():.1f})",
         f"spectre {roc_auc_score(poisoned, spectre):.3f}",
+        f"poisoned in spectre's robust core {in_robust_core(x, p):.2f}",
     ]
     for k in components:  # spectre keeping more (or fewer) principal components
         scores = build_detector("spectre", n_components=k).score(all_features, labels)

@@ -5,6 +5,7 @@ clean-run flag rate, bad inputs, runs_root mode, and a sanitized retrain that re
 from __future__ import annotations
 
 import json
+import runpy
 import shutil
 import subprocess
 import sys
@@ -389,3 +390,16 @@ def test_cli_multirun_over_runs_and_detectors(runs):
         timeout=300,
     )
     assert bad.returncode == 1 and "does not exist" in bad.stderr
+
+
+def test_feature_probes_script_reports_the_poison_direction(runs):
+    """scripts/feature_probes.py (docs/detection_findings.md): a supervised probe finds the
+    poison in the penultimate features, and the clean-twin controls run."""
+    probes = runpy.run_path(str(REPO_ROOT / "scripts" / "feature_probes.py"), run_name="probes")
+    line = probes["probe_run"](runs["mlp"], True, [8])
+    fields = dict(
+        part.rsplit(" ", 1) for part in line.split(": ", 1)[1].split(" | ") if "(" not in part
+    )
+    assert float(fields["probe"]) > 0.9  # the trigger is a direction any model's features carry
+    assert 0.0 <= float(fields["poisoned in spectre's robust core"]) <= 1.0
+    assert {"spectre", "spectre k=8", "probe clean model", "probe untriggered"} <= set(fields)
