@@ -1,6 +1,7 @@
 """Is the poison a direction in a run's penultimate features, and does spectre find it?
 
     python scripts/feature_probes.py RUN_DIR [RUN_DIR ...] [--no-control] [--components K ...]
+        [--supports F ...]
 
 For each poisoned run directory, on the penultimate features (``training.penultimate_features``)
 of the training stays labelled with the target class:
@@ -11,10 +12,10 @@ of the training stays labelled with the target class:
   Ledoit-Wolf), in all dimensions and within the top 16 principal components;
 - ``ica``: the best of 16 FastICA directions (each signed towards its longer tail) as a score, its
   skewness, and the largest skewness of any of the 16 (heavy-tailed clean directions);
-- ``spectre``: the spectre detector's AUROC with its defaults (over every training stay), and with
-  each ``--components`` number of principal axes; and the share of the poisoned stays inside its
-  robust core (the rows its clean mean and covariance are estimated from: poison inside it is
-  whitened away);
+- ``spectre``: the spectre detector's AUROC with its defaults (over every training stay), with each
+  ``--components`` number of principal axes and each ``--supports`` robust-core share; and the
+  share of the poisoned stays inside its robust core (the rows its clean mean and covariance are
+  estimated from: poison inside it is whitened away).
 
 With the clean twin (the same path with poison rate ``0.0``), two controls: the clean model's
 features of the same triggered stays (``probe clean model``), and the clean model on its own
@@ -81,7 +82,9 @@ def in_robust_core(x: np.ndarray, target: np.ndarray) -> float:
     return float(core[target].mean())
 
 
-def probe_run(run_dir: Path, control: bool, components: list[int]) -> str:
+def probe_run(
+    run_dir: Path, control: bool, components: list[int], supports: list[float] = ()
+) -> str:
     loaded = rundir.load_run(run_dir, device="cpu")
     labels = loaded.prepared.labels["train"].numpy().astype(np.int64)
     poisoned = np.zeros(labels.size, dtype=bool)
@@ -110,6 +113,9 @@ def probe_run(run_dir: Path, control: bool, components: list[int]) -> str:
     for k in components:  # spectre keeping more (or fewer) principal components
         scores = build_detector("spectre", n_components=k).score(all_features, labels)
         parts.append(f"spectre k={k} {roc_auc_score(poisoned, scores):.3f}")
+    for f in supports:  # spectre with a larger or smaller robust core
+        scores = build_detector("spectre", support_fraction=f).score(all_features, labels)
+        parts.append(f"spectre support={f} {roc_auc_score(poisoned, scores):.3f}")
     twin = run_dir.parent.parent / "0.0" / run_dir.name
     if control and (twin / rundir.METRICS_FILE).is_file():
         clean = rundir.load_run(twin, device="cpu")
@@ -135,10 +141,17 @@ def main() -> None:
         default=[],
         help="also spectre's AUROC with these n_components (its default is 16)",
     )
+    parser.add_argument(
+        "--supports",
+        nargs="*",
+        type=float,
+        default=[],
+        help="also spectre's AUROC with these support_fraction values (its default is 0.9)",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)  # FastICA's convergence notes
     for run_dir in args.run_dirs:
-        print(probe_run(run_dir, not args.no_control, args.components), flush=True)
+        print(probe_run(run_dir, not args.no_control, args.components, args.supports), flush=True)
 
 
 if __name__ == "__main__":
