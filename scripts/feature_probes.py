@@ -34,6 +34,7 @@ import numpy as np
 from scipy.stats import skew
 from sklearn.covariance import LedoitWolf
 from sklearn.decomposition import FastICA
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -95,9 +96,11 @@ def probe_run(
     all_features = features(loaded, batch)
     x, p = all_features[in_target], poisoned[in_target]
 
-    ica = FastICA(
-        n_components=N_COMPONENTS, whiten="unit-variance", random_state=0, max_iter=1000
-    ).fit_transform(x)
+    with warnings.catch_warnings():  # an unconverged direction is still a direction to try
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ica = FastICA(
+            n_components=N_COMPONENTS, whiten="unit-variance", random_state=0, max_iter=1000
+        ).fit_transform(x)
     skews = skew(ica, axis=0)
     ica_auroc = [roc_auc_score(p, ica[:, j] * np.sign(skews[j])) for j in range(ica.shape[1])]
     best = int(np.argmax(ica_auroc))
@@ -149,7 +152,6 @@ def main() -> None:
         help="also spectre's AUROC with these support_fraction values (its default is 0.9)",
     )
     args = parser.parse_args()
-    warnings.filterwarnings("ignore", category=UserWarning)  # FastICA's convergence notes
     for run_dir in args.run_dirs:
         print(probe_run(run_dir, not args.no_control, args.components, args.supports), flush=True)
 
