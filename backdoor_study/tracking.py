@@ -642,11 +642,12 @@ def log_stage_run(
     tracker.log_artifacts(files)
 
 
-@_timed
 def log_eval_run(
     tracker: Tracker, run_dir: str | Path, result: dict[str, Any], result_file: Path
 ) -> None:
-    """Log an eval result (its recomputed metrics, whether they match train) and its file."""
+    """Log an eval result (its recomputed metrics, whether they match train) and its file.
+    Not ``_timed`` itself: it is all :func:`log_stage_run`, which is (timing both would count
+    the same seconds twice)."""
     log_stage_run(
         tracker,
         run_dir,

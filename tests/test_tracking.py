@@ -6,15 +6,17 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from backdoor_study import eval as eval_mod
-from backdoor_study import sync, tracking, train
+from backdoor_study import rundir, sync, tracking, train
 from backdoor_study.config import CONF_DIR
 from backdoor_study.data.schema import write_parquet
 from tests.conftest import make_tiny_dataset
@@ -296,3 +298,19 @@ def test_a_tracked_run_is_written_in_few_transactions(cohort, store, tmp_path, t
     assert len(calls) == -(-n_params // tracking.MAX_PARAMS_PER_BATCH) + 1  # params, then the rest
     metrics, _, tags = calls[-1]
     assert tags >= 9 and metrics >= n_metrics  # every epoch's and the final metrics at once
+
+
+def test_eval_tracking_time_counts_each_second_once(tmp_path, monkeypatch):
+    """log_eval_run is log_stage_run: the seconds it spends are added to the tracker once."""
+    run_cfg = {"model": {"name": "mlp"}, "trigger": {"name": "rare_value"}, "seed": 1}
+    run_cfg |= {"attack": {"name": "backdoor"}, "poison_rate": 0.05, "data": {"name": "parquet"}}
+    OmegaConf.save(OmegaConf.create(run_cfg), tmp_path / rundir.RESOLVED_CONFIG_FILE)
+    (tmp_path / rundir.METADATA_FILE).write_text("{}")
+    clock = iter(range(100))  # every reading of the clock is one second later
+    monkeypatch.setattr(
+        tracking, "time", SimpleNamespace(perf_counter=lambda: float(next(clock)), time=time.time)
+    )
+    tracker = tracking.Tracker()
+    tracker.run_id = "run"
+    tracking.log_eval_run(tracker, tmp_path, {"metrics": {"ASR": 0.5}}, tmp_path / "eval.json")
+    assert tracker.elapsed_s == 1.0  # one timed span (two readings), not one inside another
