@@ -44,7 +44,7 @@ from sklearn.preprocessing import StandardScaler
 from backdoor_study import rundir
 from backdoor_study.detectors import build_detector
 from backdoor_study.detectors.spectral import principal_projections
-from backdoor_study.detectors.spectre import _inverse_sqrt, concentration_steps
+from backdoor_study.detectors.spectre import robust_core
 from backdoor_study.training import penultimate_features
 
 N_COMPONENTS = 16
@@ -69,17 +69,11 @@ def mahalanobis(x: np.ndarray, target: np.ndarray) -> float:
 
 
 def in_robust_core(x: np.ndarray, target: np.ndarray) -> float:
-    """The share of ``target`` rows inside spectre's robust core: the ``support_fraction`` of rows
-    nearest to its robust estimate (default settings), on the top principal axes."""
+    """The share of ``target`` rows inside spectre's robust core (``spectre.robust_core`` with the
+    detector's defaults, on its top principal axes): the rows its clean estimate comes from."""
     spectre = build_detector("spectre")
     z = principal_projections(x, spectre.n_components)
-    location, covariance = concentration_steps(z, spectre.support_fraction)
-    distance = (((z - location) @ _inverse_sqrt(covariance)) ** 2).sum(axis=1)
-    n, k = z.shape
-    f = spectre.support_fraction
-    h = int(np.ceil(f * n)) if f is not None else (n + k + 1) // 2  # as concentration_steps
-    core = np.zeros(n, dtype=bool)
-    core[np.argsort(distance, kind="stable")[:h]] = True
+    core = robust_core(z, spectre.support_fraction)[2]
     return float(core[target].mean())
 
 

@@ -94,20 +94,31 @@ def concentration_steps(
     repeatedly keep the h = support_fraction x n rows of smallest Mahalanobis distance and
     re-estimate on them (each step cannot increase the kept rows' covariance determinant), until
     the kept set repeats or ``max_iter`` steps. ``support_fraction`` None: h = (n + k + 1) / 2."""
+    location, covariance, _ = robust_core(rows, support_fraction, max_iter)
+    return location, covariance
+
+
+def robust_core(
+    rows: np.ndarray, support_fraction: float | None, max_iter: int = 50
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`concentration_steps`' (location, covariance) and the (n,) bool mask of the rows
+    they were estimated from, the robust core (``scripts/feature_probes.py`` reports how much of
+    the poison is inside it)."""
     n, k = rows.shape
     h = int(np.ceil(support_fraction * n)) if support_fraction is not None else (n + k + 1) // 2
     h = min(n, max(h, k + 1))
     keep = np.ones(n, dtype=bool)
     for _ in range(max_iter):
-        location = rows[keep].mean(axis=0)
-        covariance = np.atleast_2d(np.cov(rows[keep], rowvar=False))
+        core = keep
+        location = rows[core].mean(axis=0)
+        covariance = np.atleast_2d(np.cov(rows[core], rowvar=False))
         distance = (((rows - location) @ _inverse_sqrt(covariance)) ** 2).sum(axis=1)
         nearest = np.zeros(n, dtype=bool)
         nearest[np.argsort(distance, kind="stable")[:h]] = True
         if np.array_equal(nearest, keep):
             break
         keep = nearest
-    return location, covariance
+    return location, covariance, core
 
 
 def _inverse_sqrt(cov: np.ndarray) -> np.ndarray:
