@@ -117,6 +117,12 @@ class SyntheticDataConfig(DataConfig):
 PHYSIONET_SETS = ("a", "b")
 
 
+# Where reusable files are cached (parsed PhysioNet sets, tracking's empty-store template):
+# $BACKDOOR_STUDY_CACHE_DIR, else data/cache.
+CACHE_ENV = "BACKDOOR_STUDY_CACHE_DIR"
+DEFAULT_CACHE_DIR = "data/cache"
+
+
 @dataclass
 class PhysioNet2012DataConfig(DataConfig):
     name: str = "physionet2012"
@@ -124,7 +130,7 @@ class PhysioNet2012DataConfig(DataConfig):
     train_sets: list[str] = field(default_factory=lambda: ["a"])
     test_sets: list[str] = field(default_factory=list)
     n_steps: int = 48
-    cache_dir: str = "${oc.env:BACKDOOR_STUDY_CACHE_DIR,data/cache}"
+    cache_dir: str = f"${{oc.env:{CACHE_ENV},{DEFAULT_CACHE_DIR}}}"
 
     def __post_init__(self) -> None:
         for key in ("train_sets", "test_sets"):

@@ -40,6 +40,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from backdoor_study import rundir
+from backdoor_study.config import CACHE_ENV, DEFAULT_CACHE_DIR
 from backdoor_study.utils import read_json, write_json
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -47,7 +48,6 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 log = logging.getLogger("backdoor_study.tracking")
 
 TRACKING_ENV = "BACKDOOR_STUDY_TRACKING"
-CACHE_ENV = "BACKDOOR_STUDY_CACHE_DIR"
 STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = rundir.TRACKING_ARTIFACTS_DIR
 TAG = "backdoor_study."  # prefix of our own tags
@@ -130,7 +130,7 @@ def _client(tracking: DictConfig, uri: str) -> Any:
 def cache_dir() -> Path:
     """Where reusable files are cached: ``$BACKDOOR_STUDY_CACHE_DIR``, else ``data/cache`` (the
     same place as the parsed PhysioNet sets, ``data.cache_dir``)."""
-    return Path(os.environ.get(CACHE_ENV) or "data/cache")
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR)
 
 
 def store_template() -> Path:
