@@ -68,16 +68,22 @@ THESIS_RUNS = (
 MODELS = ("mlp", "lstm", "tcn", "tabtransformer")
 
 
-def env(data_dir: Path) -> dict[str, str]:
+def store_cache(root: Path) -> Path:
+    """The benchmark's own cache: the empty-store template (tracking.store_template), made in
+    warm-up."""
+    return root / "cache"
+
+
+def env(root: Path, data_dir: Path | None = None) -> dict[str, str]:
     e = {
         k: v
         for k, v in os.environ.items()
         if k not in ("BACKDOOR_STUDY_TRACKING", "MLFLOW_TRACKING_URI")
     }
+    if data_dir is not None:
+        e["BACKDOOR_STUDY_DATA_DIR"] = str(data_dir)
     return e | {
-        "BACKDOOR_STUDY_DATA_DIR": str(data_dir),
-        # the empty-store template (tracking.store_template) of this benchmark, made in warm-up
-        "BACKDOOR_STUDY_CACHE_DIR": str(data_dir.parent / "cache"),
+        "BACKDOOR_STUDY_CACHE_DIR": str(store_cache(root)),
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
@@ -105,7 +111,7 @@ def warm_up(grid: str, common: list[str], root: Path) -> None:
         f"runs_root={root / f'warmup-{grid}'}",
     ]
     subprocess.run(
-        train_cmd(args, False), cwd=REPO, env=env(grid_data_dir(root, grid)),
+        train_cmd(args, False), cwd=REPO, env=env(root, grid_data_dir(root, grid)),
         capture_output=True, text=True, check=True,
     )  # fmt: skip
 
@@ -118,7 +124,7 @@ def make_store_template(root: Path) -> float:
         "tracking.store_template(); print(time.perf_counter() - t)"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env(grid_data_dir(root, "any")),
+        [sys.executable, "-c", code], cwd=REPO, env=env(root),
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     return float(out.stdout.split()[-1])
@@ -139,7 +145,7 @@ def sweep(
     ]
     t0 = time.perf_counter()
     out = subprocess.run(
-        train_cmd(args, True), cwd=REPO, env=env(data_dir), capture_output=True, text=True
+        train_cmd(args, True), cwd=REPO, env=env(root, data_dir), capture_output=True, text=True
     )
     wall = time.perf_counter() - t0
     if out.returncode != 0:
@@ -197,7 +203,11 @@ def calibrate(root: Path) -> dict[str, float]:
             f"runs_root={runs_root}",
         ]
         out = subprocess.run(
-            train_cmd(args, False), cwd=REPO, env=env(data_dir), capture_output=True, text=True
+            train_cmd(args, False),
+            cwd=REPO,
+            env=env(root, data_dir),
+            capture_output=True,
+            text=True,
         )
         if out.returncode != 0:
             raise SystemExit(f"calibration run {model} failed:\n{out.stderr[-3000:]}")
@@ -230,7 +240,7 @@ def main() -> None:
         root.mkdir(parents=True, exist_ok=True)
         for grid in a.grids:
             warm_up(grid, common, root)
-        cache = grid_data_dir(root, "any").parent / "cache"
+        cache = store_cache(root)
         if any(cache.glob("mlflow-*-empty.db")):
             print(f"empty-store template already in {cache}")
         else:
