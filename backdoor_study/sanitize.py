@@ -57,7 +57,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     train_cfg = sanitized_config(cfg, run_dir, sanitized_dir, flagged_file, excluded)
     after = train.run(train_cfg)
     before = read_json(run_dir / rundir.METRICS_FILE)
-    clean = clean_model_metrics(run_dir)
     result = {
         "run_dir": str(run_dir),
         "sanitized_run_dir": str(sanitized_dir),
@@ -72,13 +71,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         },
         "before": _compared(before),
         "after": _compared(after),
-        # the same trigger on the model trained without poison: its false-trigger rate, which a
-        # sanitized model's ASR should come down to, and its clean AUROC
-        "clean_model": {
-            "ASR": before.get("ASR_clean_model", clean.get("ASR")),
-            "auroc_clean": clean.get("auroc_clean"),
-            "run_dir": clean.get("run_dir"),
-        },
+        "clean_model": clean_model_summary(run_dir, before),
         "skipped": bool(detection.get("skipped")) and bool(after.get("skipped")),
     }
     for when in ("before", "after"):
@@ -158,7 +151,19 @@ def _compared(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in COMPARED_KEYS if k in metrics}
 
 
-def clean_model_metrics(run_dir: Path) -> dict[str, Any]:
+def clean_model_summary(run_dir: Path, before: dict[str, Any]) -> dict[str, Any]:
+    """The same trigger on the model trained without poison: its false-trigger rate (``ASR``,
+    which a sanitized model's ASR should come down to; the poisoned run's ``before`` metrics
+    record it when the run had a clean reference), its clean AUROC and its run directory."""
+    clean = _clean_model_metrics(run_dir)
+    return {
+        "ASR": before.get("ASR_clean_model", clean.get("ASR")),
+        "auroc_clean": clean.get("auroc_clean"),
+        "run_dir": clean.get("run_dir"),
+    }
+
+
+def _clean_model_metrics(run_dir: Path) -> dict[str, Any]:
     """The metrics of the run's clean reference (same config at poison rate 0), if it exists."""
     from backdoor_study.train import clean_reference_config
 

@@ -123,11 +123,19 @@ def sanitize_row(run: pd.Series, detector: str, extra: list[str] = ()) -> dict[s
         [f"run_dir={run['run_dir']}", f"detector={detector}", "progress=false", *extra],
     )
     r = sanitize.run(cfg)
+    return retrain_row(run, detector, r["n_excluded"], r["n_poisoned_excluded"], r)
+
+
+def retrain_row(
+    run: pd.Series, detector: str, n_excluded: int, n_poisoned_excluded: int, r: dict[str, Any]
+) -> dict[str, Any]:
+    """One sanitize-table row: the cell, what was excluded, and ``r``'s ``before`` / ``after`` /
+    ``clean_model`` metrics (as ``sanitize.json`` holds them)."""
     row = {
         **{k: run[k] for k in ("variant", "model", "poison_rate", "seed")},
         "detector": detector,
-        "n_excluded": r["n_excluded"],
-        "n_poisoned_excluded": r["n_poisoned_excluded"],
+        "n_excluded": n_excluded,
+        "n_poisoned_excluded": n_poisoned_excluded,
         "ASR_clean_model": r["clean_model"]["ASR"],
         "auroc_clean_model": r["clean_model"]["auroc_clean"],
     }
@@ -154,19 +162,12 @@ def oracle_row(run: pd.Series) -> dict[str, Any]:
     train_cfg.sanitize.detector = ORACLE  # no detector: the truth
     after = train.run(train_cfg)
     before = read_json(run_dir / rundir.METRICS_FILE)
-    clean = sanitize.clean_model_metrics(run_dir)
-    row = {
-        **{k: run[k] for k in ("variant", "model", "poison_rate", "seed")},
-        "detector": ORACLE,
-        "n_excluded": int(poisoned.size),
-        "n_poisoned_excluded": int(poisoned.size),
-        "ASR_clean_model": before.get("ASR_clean_model", clean.get("ASR")),
-        "auroc_clean_model": clean.get("auroc_clean"),
+    r = {
+        "before": before,
+        "after": after,
+        "clean_model": sanitize.clean_model_summary(run_dir, before),
     }
-    for when, m in (("before", before), ("after", after)):
-        for key in ("ASR", "ASR_flip", "auroc_clean"):
-            row[f"{key}_{when}"] = m.get(key, float("nan"))
-    return row
+    return retrain_row(run, ORACLE, int(poisoned.size), int(poisoned.size), r)
 
 
 def _cell(mean: float, std: float) -> str:
