@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from backdoor_study.detectors import DETECTORS, build_detector
 from backdoor_study.metrics import detection_metrics
@@ -268,3 +270,31 @@ def test_concentration_steps_ignore_a_far_cluster_and_mcd_agrees() -> None:
     for estimator in ("csteps", "mcd"):
         scores = build_detector("spectre", estimator=estimator, max_fit_rows=1000).score(x, y)
         assert detection_metrics(is_far, scores, is_far, y, 0)["auroc"] > 0.99, estimator
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(min_value=-3, max_value=3), min_size=1, max_size=40),
+    st.integers(min_value=1, max_value=45),
+)
+def test_the_robust_core_keeps_what_a_stable_sort_keeps_ties_included(
+    values: list[int], h: int
+) -> None:
+    # concentration steps keep the h smallest distances; the O(n) selection must name exactly
+    # the rows a stable argsort names (small integers make ties common), so cores are unchanged
+    from backdoor_study.detectors.spectre import _smallest
+
+    distance = np.asarray(values, dtype=np.float64)
+    expected = np.zeros(distance.size, dtype=bool)
+    expected[np.argsort(distance, kind="stable")[:h]] = True
+    np.testing.assert_array_equal(_smallest(distance, h), expected)
+
+
+def test_concentration_steps_match_np_cov_bit_for_bit() -> None:
+    # the detection tables were made with np.cov; the core's covariance must keep its bits
+    from backdoor_study.detectors.spectre import _mean_and_covariance
+
+    rows = np.random.default_rng(5).normal(size=(777, 16)) * np.linspace(3, 0.1, 16) + 2.0
+    location, covariance = _mean_and_covariance(rows)
+    np.testing.assert_array_equal(covariance, np.cov(rows, rowvar=False))
+    np.testing.assert_array_equal(location, rows.mean(axis=0))

@@ -88,7 +88,8 @@ class ActivationClustering(ActivationClusteringDetectorConfig, Detector):
             rng = np.random.default_rng(self.random_state)
             fit_rows = reduced[rng.choice(n, self.max_fit_rows, replace=False)]
         kmeans = KMeans(n_clusters=2, n_init=3, random_state=self.random_state).fit(fit_rows)
-        assigned = kmeans.predict(reduced)
+        # fitted on every row, labels_ is already each row's nearer centre (what predict gives)
+        assigned = kmeans.labels_ if fit_rows is reduced else kmeans.predict(reduced)
         counts = np.bincount(assigned, minlength=2)
         small = int(np.argmin(counts))
         distance = kmeans.transform(reduced)  # (n, 2) distances to the two centres

@@ -110,15 +110,35 @@ def robust_core(
     keep = np.ones(n, dtype=bool)
     for _ in range(max_iter):
         core = keep
-        location = rows[core].mean(axis=0)
-        covariance = np.atleast_2d(np.cov(rows[core], rowvar=False))
+        location, covariance = _mean_and_covariance(rows[core])
         distance = (((rows - location) @ _inverse_sqrt(covariance)) ** 2).sum(axis=1)
-        nearest = np.zeros(n, dtype=bool)
-        nearest[np.argsort(distance, kind="stable")[:h]] = True
+        nearest = _smallest(distance, h)
         if np.array_equal(nearest, keep):
             break
         keep = nearest
     return location, covariance, core
+
+
+def _mean_and_covariance(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean (k,), covariance (k, k)) of ``rows`` (n, k), n >= 2: the arithmetic of
+    ``np.cov(rows, rowvar=False)`` (same bits), without computing the mean twice."""
+    location = rows.mean(axis=0)
+    centred = rows - location
+    covariance = np.dot(centred.T, centred)
+    covariance *= np.true_divide(1, rows.shape[0] - 1)
+    return location, covariance
+
+
+def _smallest(values: np.ndarray, h: int) -> np.ndarray:
+    """(n,) bool mask of the ``h`` smallest ``values``, ties taken in index order: the set
+    ``np.argsort(values, kind="stable")[:h]`` names, in O(n) instead of a sort."""
+    if h >= values.size:
+        return np.ones(values.size, dtype=bool)
+    cut = np.partition(values, h - 1)[h - 1]
+    mask = values < cut
+    missing = h - int(mask.sum())
+    mask[np.flatnonzero(values == cut)[:missing]] = True
+    return mask
 
 
 def _inverse_sqrt(cov: np.ndarray) -> np.ndarray:
