@@ -1009,6 +1009,35 @@ class IsolationForestDetectorConfig(DetectorConfig):
         )
 
 
+# Model-free detectors used by the classic study's mitigation (``classic.mitigation``), not
+# options of the ``detector`` group: their checks live here like every other detector's.
+ZSCORE_REDUCTIONS = ("max", "mean_square")
+
+
+@dataclass
+class LocalOutlierFactorDetectorConfig(DetectorConfig):
+    name: str = "local_outlier_factor"
+    n_neighbors: int = 20  # capped at the class size minus one
+    per_class: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require_ints(self, "n_neighbors")
+
+
+@dataclass
+class ZScoreDetectorConfig(DetectorConfig):
+    name: str = "zscore"
+    reduce: str = "max"  # max |z| (one extreme value) | mean_square (diffuse noise)
+    robust: bool = True  # median and 1.4826 x MAD instead of mean and standard deviation
+    per_class: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require_choice(self, "reduce", ZSCORE_REDUCTIONS)
+        _require(isinstance(self.robust, bool), "detector.robust", self.robust, "true or false")
+
+
 DETECTOR_SCHEMAS: dict[str, type[DetectorConfig]] = {
     "spectral": SpectralDetectorConfig,
     "activation_clustering": ActivationClusteringDetectorConfig,

@@ -5,15 +5,14 @@ more suspicious, and flags a subset from those scores. The default flagging rule
 spectral-signature paper uses: per class, flag the top ``eps_multiplier x expected_rate`` of that
 class's stays, where ``expected_rate`` is the poison fraction the defender budgets for.
 
-Parameters are checked when a detector is built (``__post_init__``), so a bad value fails before
-any feature is read, with an error naming the parameter, the value and what is valid.
+Parameters are checked when a detector is built (its config schema's ``__post_init__``), so a bad
+value fails before any feature is read, with an error naming the parameter, the value and what
+is valid.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -57,39 +56,17 @@ def per_class(
     return scores
 
 
-def require(ok: bool, key: str, value: Any, expected: str) -> None:
-    """Raise ValueError ``key=value is invalid: expected ...`` unless ``ok``."""
-    if not ok:
-        raise ValueError(f"{key}={value!r} is invalid: expected {expected}")
-
-
-def require_int(obj: object, *keys: str, minimum: int = 1) -> None:
-    """Each ``obj.<key>`` must be an integer >= ``minimum`` (bool is not an integer here)."""
-    for key in keys:
-        value = getattr(obj, key)
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-        require(ok, key, value, f"an integer >= {minimum}")
-
-
-@dataclass
 class Detector:
     """Base class. Subclasses implement :meth:`score`; :meth:`flag` may be overridden.
 
-    ``eps_multiplier``: the flag budget per class is ``eps_multiplier x expected_rate`` (> 0;
-    1.5 as in Tran et al. 2018, which over-removes a little to catch most poison).
+    Each detector is a dataclass that also inherits its config schema (``config.*DetectorConfig``),
+    which holds its parameters, their defaults and their checks; among them ``eps_multiplier``:
+    the flag budget per class is ``eps_multiplier x expected_rate`` (> 0; 1.5 as in Tran et al.
+    2018, which over-removes a little to catch most poison).
     """
 
-    eps_multiplier: float = 1.5
-
     name = "detector"
-
-    def __post_init__(self) -> None:
-        require(
-            isinstance(self.eps_multiplier, (int, float)) and self.eps_multiplier > 0,
-            "eps_multiplier",
-            self.eps_multiplier,
-            "a number > 0",
-        )
+    eps_multiplier: float
 
     def score(self, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """(N,) suspicion scores, higher = more suspicious."""

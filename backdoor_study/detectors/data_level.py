@@ -17,15 +17,17 @@ import numpy as np
 from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import LocalOutlierFactor
 
-from backdoor_study.config import IsolationForestDetectorConfig
-from backdoor_study.detectors.base import Detector, _check, per_class, require, require_int
+from backdoor_study.config import (
+    IsolationForestDetectorConfig,
+    LocalOutlierFactorDetectorConfig,
+    ZScoreDetectorConfig,
+)
+from backdoor_study.detectors.base import Detector, _check, per_class
 
-ZSCORE_REDUCTIONS = ("max", "mean_square")
 
-
-@dataclass
 class _OutlierDetector(Detector):
-    per_class: bool = True
+    """Scores each class on its own (``per_class``, a field of each detector's config) or all
+    rows together."""
 
     def score(self, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """(N,) outlier scores of features (N, D) with labels (N,); higher = more unusual."""
@@ -63,19 +65,12 @@ class IsolationForestDetector(IsolationForestDetectorConfig, _OutlierDetector):
 
 
 @dataclass
-class LocalOutlierFactorDetector(_OutlierDetector):
+class LocalOutlierFactorDetector(LocalOutlierFactorDetectorConfig, _OutlierDetector):
     """scikit-learn's LocalOutlierFactor (Breunig et al. 2000); score = the outlier factor.
 
-    ``n_neighbors`` >= 1 (capped at the class size minus one).
+    ``n_neighbors`` >= 1 (capped at the class size minus one). The parameters and their checks
+    are ``config.LocalOutlierFactorDetectorConfig``'s.
     """
-
-    n_neighbors: int = 20
-
-    name = "local_outlier_factor"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require_int(self, "n_neighbors")
 
     def _outlier_scores(self, rows: np.ndarray) -> np.ndarray:
         if rows.shape[0] < 3:
@@ -85,25 +80,14 @@ class LocalOutlierFactorDetector(_OutlierDetector):
 
 
 @dataclass
-class ZScoreDetector(_OutlierDetector):
+class ZScoreDetector(ZScoreDetectorConfig, _OutlierDetector):
     """Per-feature standard scores, reduced per row: ``max`` |z| (one extreme value, e.g. a
     rare-value trigger) or ``mean_square`` (mean z^2, diffuse noise).
 
     ``robust=True`` centres on the median and scales by 1.4826 x MAD, so the poison itself does
-    not inflate the scale it is measured against; features with zero spread score 0.
+    not inflate the scale it is measured against; features with zero spread score 0. The
+    parameters and their checks are ``config.ZScoreDetectorConfig``'s.
     """
-
-    reduce: str = "max"
-    robust: bool = True
-
-    name = "zscore"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(
-            self.reduce in ZSCORE_REDUCTIONS, "reduce", self.reduce, f"one of {ZSCORE_REDUCTIONS}"
-        )
-        require(isinstance(self.robust, bool), "robust", self.robust, "true or false")
 
     def _outlier_scores(self, rows: np.ndarray) -> np.ndarray:
         if self.robust:
