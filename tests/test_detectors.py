@@ -274,20 +274,23 @@ def test_concentration_steps_ignore_a_far_cluster_and_mcd_agrees() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(
-    st.lists(st.integers(min_value=-3, max_value=3), min_size=1, max_size=40),
-    st.integers(min_value=1, max_value=45),
+    st.lists(
+        st.sampled_from([-3.0, -1.0, -0.0, 0.0, 1.0, 2.0, float("nan")]), min_size=1, max_size=40
+    ),
+    st.integers(min_value=0, max_value=45),
 )
-def test_the_robust_core_keeps_what_a_stable_sort_keeps_ties_included(
-    values: list[int], h: int
+def test_top_k_selection_keeps_what_a_stable_sort_keeps_ties_and_nan_included(
+    values: list[float], h: int
 ) -> None:
     # concentration steps keep the h smallest distances; the O(n) selection must name exactly
-    # the rows a stable argsort names (small integers make ties common), so cores are unchanged
-    from backdoor_study.detectors.spectre import _smallest
+    # the rows a stable argsort names (few distinct values make ties common; NaN sorts last)
+    # flag's top-k per class uses the same selection, on minus the scores
+    from backdoor_study.detectors.base import smallest
 
     distance = np.asarray(values, dtype=np.float64)
     expected = np.zeros(distance.size, dtype=bool)
     expected[np.argsort(distance, kind="stable")[:h]] = True
-    np.testing.assert_array_equal(_smallest(distance, h), expected)
+    np.testing.assert_array_equal(smallest(distance, h), expected)
 
 
 def test_concentration_steps_match_np_cov_bit_for_bit() -> None:

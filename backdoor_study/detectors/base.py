@@ -56,6 +56,24 @@ def per_class(
     return scores
 
 
+def smallest(values: np.ndarray, k: int) -> np.ndarray:
+    """(n,) bool mask of the ``k`` smallest ``values`` (n,), ties taken in index order: the set
+    ``np.argsort(values, kind="stable")[:k]`` names, in O(n) instead of a sort."""
+    if k >= values.size:
+        return np.ones(values.size, dtype=bool)
+    if k <= 0:
+        return np.zeros(values.size, dtype=bool)
+    cut = np.partition(values, k - 1)[k - 1]
+    if np.isnan(cut):  # NaN sorts last; with so few numbers the sort itself is cheap enough
+        mask = np.zeros(values.size, dtype=bool)
+        mask[np.argsort(values, kind="stable")[:k]] = True
+        return mask
+    mask = values < cut
+    missing = k - int(mask.sum())
+    mask[np.flatnonzero(values == cut)[:missing]] = True
+    return mask
+
+
 class Detector:
     """Base class. Subclasses implement :meth:`score`; :meth:`flag` may be overridden.
 
@@ -97,6 +115,5 @@ class Detector:
             k = int(np.floor(budget * idx.size))
             if k == 0:
                 continue
-            top = idx[np.argsort(-scores[idx], kind="stable")[:k]]
-            flagged[top] = True
+            flagged[idx[smallest(-scores[idx], k)]] = True  # the top k, ties by position
         return flagged

@@ -24,7 +24,7 @@ import numpy as np
 from sklearn.covariance import MinCovDet
 
 from backdoor_study.config import SpectreDetectorConfig
-from backdoor_study.detectors.base import Detector, per_class
+from backdoor_study.detectors.base import Detector, per_class, smallest
 from backdoor_study.detectors.spectral import principal_projections
 
 
@@ -112,7 +112,7 @@ def robust_core(
         core = keep
         location, covariance = _mean_and_covariance(rows[core])
         distance = (((rows - location) @ _inverse_sqrt(covariance)) ** 2).sum(axis=1)
-        nearest = _smallest(distance, h)
+        nearest = smallest(distance, h)
         if np.array_equal(nearest, keep):
             break
         keep = nearest
@@ -127,18 +127,6 @@ def _mean_and_covariance(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     covariance = np.dot(centred.T, centred)
     covariance *= np.true_divide(1, rows.shape[0] - 1)
     return location, covariance
-
-
-def _smallest(values: np.ndarray, h: int) -> np.ndarray:
-    """(n,) bool mask of the ``h`` smallest ``values``, ties taken in index order: the set
-    ``np.argsort(values, kind="stable")[:h]`` names, in O(n) instead of a sort."""
-    if h >= values.size:
-        return np.ones(values.size, dtype=bool)
-    cut = np.partition(values, h - 1)[h - 1]
-    mask = values < cut
-    missing = h - int(mask.sum())
-    mask[np.flatnonzero(values == cut)[:missing]] = True
-    return mask
 
 
 def _inverse_sqrt(cov: np.ndarray) -> np.ndarray:
