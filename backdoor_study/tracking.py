@@ -614,7 +614,6 @@ def log_train_run(tracker: Tracker, run_dir: str | Path, log_model: bool = False
         )
     for name, fig in confusion_figures(run_dir).items():
         tracker.log_figure(fig, name)
-        _close(fig)
     if log_model:
         tracker.log_artifacts([run_dir / "final_model.pt"], "model")
     if metadata.get("mlflow", {}).get("run_id") != tracker.run_id:
@@ -817,11 +816,13 @@ def train_run_id(run_dir: str | Path) -> tuple[str | None, str | None]:
 
 def confusion_figures(run_dir: Path) -> dict[str, Any]:
     """One figure: the confusion matrices of the clean and (with a trigger) the triggered test
-    set, from predictions.parquet and the run's decision threshold."""
+    set, from predictions.parquet and the run's decision threshold. A bare ``Figure``, not
+    pyplot's: nothing global to close, and safe in a sweep's logging thread while the
+    process's main thread runs a job."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from sklearn.metrics import ConfusionMatrixDisplay
 
     from backdoor_study.metrics import predict
@@ -838,15 +839,10 @@ def confusion_figures(run_dir: Path) -> dict[str, Any]:
     triggered_cols = [f"prob_triggered_{c}" for c in labels]
     if all(c in frame for c in triggered_cols):
         preds["triggered test set"] = predict(frame[triggered_cols].to_numpy(), cut)
-    fig, axes = plt.subplots(1, len(preds), figsize=(4 * len(preds), 3.6), dpi=72, squeeze=False)
+    fig = Figure(figsize=(4 * len(preds), 3.6), dpi=72)
+    axes = fig.subplots(1, len(preds), squeeze=False)
     for ax, (title, pred) in zip(axes[0], preds.items()):
         ConfusionMatrixDisplay.from_predictions(y, pred, labels=labels, ax=ax, colorbar=False)
         ax.set_title(title)
     fig.suptitle(f"{run_dir.name}: decision threshold {cut:.3f}")
     return {"confusion_matrices": fig}
-
-
-def _close(fig: Any) -> None:
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
