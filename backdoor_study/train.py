@@ -15,6 +15,7 @@ import csv
 import io
 import logging
 import logging.handlers
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,13 +189,21 @@ def _train(
 
 class _RunLog:
     """The run's ``train.log``: records are held in memory until the run directory has been
-    checked and started, so a refused run never creates a directory just to hold its log."""
+    checked and started, so a refused run never creates a directory just to hold its log.
+
+    Only the records of the thread that runs the run: with the basic launcher a sweep's jobs run
+    in its launching process, whose logging thread (``sweep.SweepLogger``) logs other runs."""
 
     def __init__(self) -> None:
         self.memory = logging.handlers.MemoryHandler(
             capacity=100_000, flushLevel=logging.CRITICAL + 1
         )
         self.file: logging.Handler | None = None
+        self.thread = threading.get_ident()
+        self.memory.addFilter(self._ours)
+
+    def _ours(self, record: logging.LogRecord) -> bool:
+        return record.thread == self.thread
 
     def __enter__(self) -> _RunLog:
         logging.getLogger().addHandler(self.memory)
@@ -202,6 +211,7 @@ class _RunLog:
 
     def attach(self, path: Path) -> None:
         self.file = logging.FileHandler(path, mode="a")
+        self.file.addFilter(self._ours)
         self.file.setFormatter(
             logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
         )

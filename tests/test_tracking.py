@@ -314,3 +314,21 @@ def test_eval_tracking_time_counts_each_second_once(tmp_path, monkeypatch):
     tracker.run_id = "run"
     tracking.log_eval_run(tracker, tmp_path, {"metrics": {"ASR": 0.5}}, tmp_path / "eval.json")
     assert tracker.elapsed_s == 1.0  # one timed span (two readings), not one inside another
+
+
+def test_a_run_log_holds_only_its_own_threads_records(tmp_path):
+    """With the basic launcher a sweep's jobs run in the launching process, beside its logging
+    thread: that thread's lines are not the run's and stay out of its train.log."""
+    import threading
+
+    other = logging.getLogger("backdoor_study.sweep")
+    with train._RunLog() as run_log:
+        logging.getLogger("backdoor_study.train").warning("before the run directory exists")
+        run_log.attach(tmp_path / "train.log")
+        thread = threading.Thread(target=other.warning, args=("another thread's line",))
+        thread.start()
+        thread.join()
+        logging.getLogger("backdoor_study.train").warning("the run's own line")
+    text = (tmp_path / "train.log").read_text()
+    assert "before the run directory exists" in text and "the run's own line" in text
+    assert "another thread's line" not in text
