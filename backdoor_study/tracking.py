@@ -18,6 +18,12 @@ by ``backdoor_study.sweep.SweepCallback``). MLflow builds a store by replaying i
 migrations (~2 s); a new store here starts as a copy of an empty one made once per MLflow version
 and cached (:func:`cache_dir`).
 
+Who calls this module in a Hydra multirun sweep is ``tracking.sweep_logging``'s choice: with
+``launcher`` (the default) the jobs never import MLflow or matplotlib (they track through
+``backdoor_study.sweep.tracked``, which leaves a record instead) and a thread of the launching
+process logs each finished run directory through ``sync``, i.e. with :func:`start` and
+:func:`log_train_run` as here; with ``jobs`` every job calls them itself. Single runs log live.
+
 ``BACKDOOR_STUDY_TRACKING=none`` turns tracking off whatever the config says (the test suite sets
 it so that only tracking tests pay for a store).
 """
@@ -69,7 +75,10 @@ MAX_TAGS_PER_BATCH = 100
 MAX_ENTITIES_PER_BATCH = 1000
 
 
-# The prefix of the INFO line each tracked run writes with its tracking time (train.log).
+# The prefix of the INFO lines saying what MLflow cost: each run tracked in its own process writes
+# one to its train.log (``tracking-time train: ...``); a sweep's launching process writes its
+# store's (``tracking-time store: ...``) and, logging the jobs' runs, its total
+# (``tracking-time sweep: ...``). benchmarks/sweep.py sums them.
 TRACKING_TIME_LOG = "tracking-time"
 
 
@@ -203,8 +212,9 @@ def open_experiment(tracking: DictConfig, uri: str) -> tuple[Any, str]:
 
 
 def prepare_store(cfg: DictConfig) -> str | None:
-    """Create the store and the experiment now (before parallel jobs start); the experiment id,
-    or None (with a warning) when tracking is off or the store cannot be opened."""
+    """Create the store and the experiment now (before parallel jobs, or a sweep's logging
+    thread, log to it); the experiment id, or None (with a warning) when tracking is off or the
+    store cannot be opened."""
     if not enabled(cfg):
         return None
     t0 = time.perf_counter()

@@ -82,11 +82,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if plan == "skip":
             log.info("run %s already complete with this config: skipped", run_dir)
             metrics = read_json(run_dir / rundir.METRICS_FILE)
+            # in a sweep whose launching process logs, it logs the run if an earlier sweep left
+            # it unlogged (an MLflow run already there is kept: no second one)
+            sweep.record_finished(cfg, "train", run_dir)
             return {**metrics, "skipped": True}
 
         with (
             _RunLog() as run_log,
-            tracking.start(cfg, "train", run_dir, config_digest=digest) as tracker,
+            sweep.tracked(cfg, "train", run_dir, config_digest=digest) as tracker,
         ):
             metrics = _train(cfg, run_dir, digest, identity, plan, run_log)
             tracking.log_train_run(tracker, run_dir, log_model=bool(cfg.tracking.get("log_model")))
