@@ -28,8 +28,9 @@ directories are complete, and ``python -m backdoor_study.sync`` logs them later.
 Hydra stop the sweep at the first failed job. Outside multirun it only calls the task. Entry
 points track their runs with :func:`tracked` (``tracking.start``, or under launcher logging a
 finished record), and a run that is skipped as already complete calls :func:`record_finished`, so
-re-running a sweep logs whatever an earlier one left unlogged (never twice: logging is
-idempotent).
+re-running a sweep logs the runs of its cells that an earlier one left unlogged (never twice:
+logging is idempotent). A clean reference that is not itself a cell is recorded only by the job
+that trains it; ``sync`` logs any run directory.
 """
 
 from __future__ import annotations
