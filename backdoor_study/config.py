@@ -509,6 +509,9 @@ class MetricsConfig:
 
 
 TRACKERS = ("none", "mlflow")
+# Who logs the runs of a Hydra multirun sweep to MLflow (backdoor_study.sweep): the launching
+# process, from records the jobs leave, or each job itself as it finishes.
+SWEEP_LOGGING = ("launcher", "jobs")
 
 
 @dataclass
@@ -525,9 +528,18 @@ class TrackingConfig:
     # An unreachable server must not stall a run: few retries, short timeouts.
     http_timeout_s: int = 10
     http_retries: int = 1
+    # Under multirun: `launcher` (jobs never import MLflow; the launching process logs each run
+    # as its job finishes) or `jobs` (each job logs its own run). Single runs always log live.
+    sweep_logging: str = "launcher"
 
     def __post_init__(self) -> None:
         _require(self.name in TRACKERS, "tracking.name", self.name, f"one of {list(TRACKERS)}")
+        _require(
+            self.sweep_logging in SWEEP_LOGGING,
+            "tracking.sweep_logging",
+            self.sweep_logging,
+            f"one of {list(SWEEP_LOGGING)}",
+        )
         _require(bool(self.experiment), "tracking.experiment", self.experiment, "a non-empty name")
         _require(
             self.http_timeout_s >= 1,
@@ -802,6 +814,15 @@ class ClassicConfig:
         )
         _require(0.0 < self.test_size < 1.0, "test_size", self.test_size, "a fraction in (0, 1)")
         _require(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        # a classic run logs what only its own process holds (the fitted pipeline when
+        # save_model=false, a study's figures), so the launching process cannot log it for it
+        sweep_logging = getattr(self.tracking, "sweep_logging", "jobs")
+        _require(
+            sweep_logging == "jobs",
+            "tracking.sweep_logging",
+            sweep_logging,
+            "'jobs' in the classic study (its runs log from their own process)",
+        )
 
 
 @dataclass

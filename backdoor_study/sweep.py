@@ -3,23 +3,45 @@
 ``SweepCallback`` is registered in ``conf/train.yaml`` (``hydra.callbacks``) and runs in the
 launching process, whichever launcher runs the jobs (basic, joblib, submitit local or SLURM):
 
-- ``on_multirun_start`` creates the tracking store and experiment before any job starts (parallel
-  workers racing to create a fresh SQLite store break it), and names the sweep so its jobs can
-  report failures to it;
-- ``on_multirun_end`` lists the jobs that failed (run directory and first error line) and exits
-  non-zero when there were any.
+- ``on_multirun_start`` names the sweep so its jobs can report to it, and sets up tracking as
+  ``tracking.sweep_logging`` says:
+
+  - ``launcher`` (default): the jobs do not touch MLflow at all (they never import it). A job
+    that finishes a run leaves a small record in ``{sweep dir}/.sweep_finished/{sweep id}/``, and
+    a :class:`SweepLogger` thread of the launching process creates the store, then logs each
+    recorded run directory with ``sync``'s code (:func:`backdoor_study.sync.log_run_dir`) while
+    the other jobs train. MLflow and matplotlib are imported once per sweep, not once per worker.
+  - ``jobs``: the store and experiment are created now, before any job starts (parallel workers
+    racing to create a fresh SQLite store break it), and every job logs its own run live.
+
+- ``on_multirun_end`` makes the logging thread do a last pass and waits for it (it prints what
+  the launching process spent in MLflow: ``tracking-time sweep: ...``), then lists the jobs that
+  failed (run directory and first error line) and exits non-zero when there were any.
+
+Both kinds of record live on the filesystem the jobs write their run directories to, so they
+work where the launching process and the jobs are on different machines (SLURM). Tracking never
+costs a result: an unusable store or an error in the logging thread is reported, the run
+directories are complete, and ``python -m backdoor_study.sync`` logs them later.
 
 :func:`run_job` wraps the task of every job: under multirun it resumes unfinished runs
 (``resume=auto`` unless set) and turns an exception into a failure record instead of letting
-Hydra stop the sweep at the first failed job. Outside multirun it only calls the task.
+Hydra stop the sweep at the first failed job. Outside multirun it only calls the task. Entry
+points track their runs with :func:`tracked` (``tracking.start``, or under launcher logging a
+finished record), and a run that is skipped as already complete calls :func:`record_finished`, so
+re-running a sweep logs the runs of its cells that an earlier one left unlogged (never twice:
+logging is idempotent). A clean reference that is not itself a cell is recorded only by the job
+that trains it; ``sync`` logs any run directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +51,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from backdoor_study import tracking
-from backdoor_study.utils import read_json, write_json
+from backdoor_study.config import ConfigError
+from backdoor_study.utils import read_json, sha256_json, write_json
 
 log = logging.getLogger("backdoor_study.sweep")
 
 SWEEP_ENV = "BACKDOOR_STUDY_SWEEP_ID"
+# Set by the launching process when its SweepLogger logs the sweep's runs (jobs then defer).
+LOGGING_ENV = "BACKDOOR_STUDY_SWEEP_LOGGING"
 FAILURES_DIR = ".sweep_failures"
+FINISHED_DIR = ".sweep_finished"
 
 
 def in_multirun() -> bool:
@@ -44,8 +70,14 @@ def in_multirun() -> bool:
         return False
 
 
-def _failures_dir(sweep_dir: str | Path, sweep_id: str) -> Path:
-    return Path(sweep_dir) / FAILURES_DIR / sweep_id
+def _records_dir(sweep_dir: str | Path, kind: str, sweep_id: str) -> Path:
+    """Where the jobs of sweep ``sweep_id`` leave their records of ``kind`` (FAILURES_DIR or
+    FINISHED_DIR)."""
+    return Path(sweep_dir) / kind / sweep_id
+
+
+def _sweep_id() -> str:
+    return os.environ.get(SWEEP_ENV, "unnamed")
 
 
 def run_job(cfg: DictConfig, task: Callable[[DictConfig], Any]) -> Any:
@@ -66,8 +98,8 @@ def run_job(cfg: DictConfig, task: Callable[[DictConfig], Any]) -> Any:
             "run_dir": str(run_dir) if run_dir is not None else None,
             "error": f"{type(e).__name__}: {first_line(e)}",
         }
-        sweep_id = os.environ.get(SWEEP_ENV, "unnamed")
-        write_json(_failures_dir(hc.sweep.dir, sweep_id) / f"job_{hc.job.num}.json", record)
+        folder = _records_dir(hc.sweep.dir, FAILURES_DIR, _sweep_id())
+        write_json(folder / f"job_{hc.job.num}.json", record)
         log.error("job %s failed: %s (%s)", hc.job.num, record["error"], record["run_dir"])
         return None
 
@@ -77,27 +109,254 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+# --------------------------------------------------------------------------------------- jobs
+def launcher_logs(cfg: DictConfig) -> bool:
+    """Whether this job's tracking is left to the sweep's launching process: under multirun, with
+    tracking on, in a sweep whose :class:`SweepCallback` runs a :class:`SweepLogger` (it says so
+    in ``$BACKDOOR_STUDY_SWEEP_LOGGING``; without it, jobs log their own runs)."""
+    return os.environ.get(LOGGING_ENV) == "launcher" and in_multirun() and tracking.enabled(cfg)
+
+
+@contextlib.contextmanager
+def tracked(
+    cfg: DictConfig,
+    kind: str,
+    stage_dir: str | Path,
+    *,
+    config_digest: str,
+    run_dir: str | Path | None = None,
+    **start: Any,
+) -> Iterator[tracking.Tracker]:
+    """:func:`backdoor_study.tracking.start` for the work inside the block, except in a job whose
+    launching process logs (:func:`launcher_logs`): there the tracker logs nothing and MLflow is
+    never imported, and once the block has succeeded a finished record names the work
+    (``kind``, ``stage_dir``, of training run ``run_dir``, default ``stage_dir``) for the
+    launching process to log. A block that raises leaves no record."""
+    if not launcher_logs(cfg):
+        with tracking.start(cfg, kind, stage_dir, config_digest=config_digest, **start) as tracker:
+            yield tracker
+        return
+    yield tracking.Tracker()
+    record_finished(cfg, kind, stage_dir, run_dir)
+
+
+def record_finished(
+    cfg: DictConfig, kind: str, stage_dir: str | Path, run_dir: str | Path | None = None
+) -> bool:
+    """Leave the record of finished ``kind`` work in ``stage_dir`` (of training run ``run_dir``,
+    default ``stage_dir``) for the launching process to log, when it logs this job's runs
+    (:func:`launcher_logs`); whether a record was left."""
+    if not launcher_logs(cfg):
+        return False
+    hc = HydraConfig.get()
+    folder = _records_dir(hc.sweep.dir, FINISHED_DIR, _sweep_id())
+    write_finished_record(folder, cfg, kind, stage_dir, run_dir, job=int(hc.job.num))
+    return True
+
+
+def write_finished_record(
+    folder: Path,
+    cfg: DictConfig,
+    kind: str,
+    stage_dir: str | Path,
+    run_dir: str | Path | None = None,
+    job: int | None = None,
+) -> Path:
+    """Write the finished record :class:`SweepLogger` reads into ``folder``. It carries the
+    job's own ``tracking`` with the store the job would have logged to resolved into
+    ``tracking.uri`` (``tracking.store_uri``: the training run's recorded store for later
+    stages), and absolute directories (the launching process may have another cwd)."""
+    stage = Path(stage_dir).resolve()
+    train_dir = Path(run_dir).resolve() if run_dir is not None else stage
+    runs_root = cfg.get("runs_root")
+    runs_root = str(Path(runs_root).resolve()) if runs_root else None
+    recorded = tracking.train_run_id(train_dir)[1] if kind != "train" else None
+    try:
+        uri: str | None = tracking.store_uri(cfg.tracking, runs_root, recorded)
+    except tracking.TrackingError:
+        uri = None  # no store known: the launching process says so, sync logs it later
+    record = {
+        "job": job,
+        "kind": kind,
+        "dir": str(stage),
+        "run_dir": str(train_dir),
+        "tracking": {**OmegaConf.to_container(cfg.tracking, resolve=True), "uri": uri},
+        "runs_root": runs_root,
+    }
+    # named by what it records: a run two jobs both report (a shared clean reference, trained by
+    # one and skipped by the other) is one file, written whole by each (write_json is atomic)
+    return write_json(folder / f"{kind}-{sha256_json([kind, str(stage)])[:16]}.json", record)
+
+
+# --------------------------------------------------------------------------------------- launcher
+class SweepLogger:
+    """The MLflow logging of a sweep, in a thread of its launching process
+    (``tracking.sweep_logging=launcher``): prepare the store (``config``'s), then every
+    ``poll_s`` log the runs whose records the jobs left in ``folder``, each with ``sync``'s code,
+    until :meth:`stop`. A record is deleted once handled.
+
+    ``elapsed_s``: seconds spent on the records (reading run directories, MLflow calls, figures;
+    the store's preparation is logged on its own ``tracking-time store`` line). Wall seconds of
+    the thread: where the jobs run in the launching process itself (the basic launcher, joblib
+    with one job) they include waiting for the GIL while a job trains. ``cpu_s``: the thread's
+    CPU seconds, store included. ``error``: the exception that stopped the thread, if any."""
+
+    THREAD_NAME = "sweep-logging"
+
+    def __init__(self, config: DictConfig, folder: Path, poll_s: float = 0.5) -> None:
+        self.config = config
+        self.folder = Path(folder)
+        self.poll_s = poll_s
+        self.logged = 0  # MLflow runs logged
+        self.already = 0  # records whose run the store held already
+        self.unlogged: list[str] = []  # records that could not be logged
+        self.elapsed_s = 0.0
+        self.cpu_s = 0.0
+        self.error: BaseException | None = None
+        self.store_ok: bool | None = None  # None: not prepared yet
+        self._stores: dict[tuple[str, str], tuple[Any, str]] = {}
+        self._stop = threading.Event()
+        # daemon: an interrupted sweep (no on_multirun_end) must not wait on it at exit; a run
+        # left half-logged is completed by the next sweep or sync (logging is idempotent)
+        self._thread = threading.Thread(target=self._run, name=self.THREAD_NAME, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Log what the jobs recorded since the last pass, then end the thread; report."""
+        t0 = time.perf_counter()
+        self._stop.set()
+        self._thread.join()
+        waited = time.perf_counter() - t0
+        left = sorted(self.folder.glob("*.json")) if self.folder.is_dir() else []
+        if self.error is not None:
+            log.error(
+                "MLflow logging of the sweep stopped (%s: %s); the run directories are complete: "
+                "log them with `python -m backdoor_study.sync runs_root=...`",
+                type(self.error).__name__,
+                first_line(self.error),
+            )
+        if self.unlogged or left:
+            log.warning(
+                "%d run(s) of the sweep were not logged to MLflow; log them with "
+                "`python -m backdoor_study.sync runs_root=...`",
+                len(self.unlogged) + len(left),
+            )
+        # what the launching process spent in MLflow besides the store (benchmarks/sweep.py)
+        log.info(
+            "%s sweep: the launching process logged %d runs in %.3f s (%d already logged; "
+            "%.3f s of CPU, store included; the sweep's end waited %.3f s for it)",
+            tracking.TRACKING_TIME_LOG,
+            self.logged,
+            self.elapsed_s,
+            self.already,
+            self.cpu_s,
+            waited,
+        )
+
+    def _run(self) -> None:
+        cpu0 = time.thread_time()
+        try:
+            self.store_ok = tracking.prepare_store(self.config) is not None
+            if not self.store_ok:  # warned: sync logs the run directories later
+                return
+            while True:
+                stopping = self._stop.wait(self.poll_s)
+                self.log_records()
+                if stopping:
+                    return
+        except Exception as e:  # noqa: BLE001 - reported by stop(); the jobs go on
+            self.error = e
+            log.exception("MLflow logging of the sweep failed")
+        finally:
+            self.cpu_s = time.thread_time() - cpu0
+
+    def log_records(self) -> None:
+        """Log every run recorded so far (oldest first) and delete its record."""
+        if not self.folder.is_dir():
+            return
+        for path in sorted(self.folder.glob("*.json"), key=_mtime):
+            t0 = time.perf_counter()
+            try:
+                self._log(read_json(path))
+            except Exception as e:  # noqa: BLE001 - one unreadable run must not stop the rest
+                self.unlogged.append(str(path))
+                log.warning("could not log %s to MLflow: %s: %s", path, type(e).__name__, e)
+            finally:
+                self.elapsed_s += time.perf_counter() - t0
+                path.unlink(missing_ok=True)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        from backdoor_study import sync  # not in the jobs: sync imports every stage
+
+        holder = OmegaConf.create(
+            {"tracking": record["tracking"], "runs_root": record.get("runs_root")}
+        )
+        uri = tracking.store_uri(holder.tracking, holder.runs_root)
+        key = (uri, str(holder.tracking.experiment))
+        if key not in self._stores:
+            self._stores[key] = tracking.open_experiment(holder.tracking, uri)
+        logged, already = sync.log_run_dir(
+            holder, Path(record["run_dir"]), self._stores[key], (record["kind"], record["dir"])
+        )
+        if logged + already == 0:
+            raise FileNotFoundError(f"{record['dir']}: no finished {record['kind']} run there")
+        self.logged += logged
+        self.already += already
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _check_tracking(config: DictConfig) -> None:
+    """Run the tracking schema's checks (``tracking.sweep_logging`` among them) before any job
+    starts: a bad value is one line and exit status 1, not the same error in every job."""
+    node = OmegaConf.select(config, "tracking")
+    if node is None:
+        return
+    try:
+        OmegaConf.to_object(node)
+    except ConfigError as e:
+        app = OmegaConf.select(config, "hydra.help.app_name", default="backdoor_study")
+        print(f"{app}: error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
 class SweepCallback(Callback):
-    """Once per sweep, in the launching process: create the tracking store, then report failures."""
+    """Once per sweep, in the launching process: set up tracking (the store, and with
+    ``tracking.sweep_logging=launcher`` the thread that logs the jobs' runs), then report."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_tracking(config)
+        sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         # The environment reaches joblib/loky workers, submitit subprocesses and SLURM jobs.
-        os.environ[SWEEP_ENV] = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        os.environ[SWEEP_ENV] = sweep_id
         self.started = time.time()
-        tracking.prepare_store(config)
+        self.logger: SweepLogger | None = None
+        if tracking.enabled(config) and config.tracking.get("sweep_logging") == "launcher":
+            folder = _records_dir(config.hydra.sweep.dir, FINISHED_DIR, sweep_id)
+            self.logger = SweepLogger(config, folder)
+            os.environ[LOGGING_ENV] = "launcher"
+            self.logger.start()  # prepares the store while the first jobs start
+        else:
+            tracking.prepare_store(config)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # joblib sends the callbacks to its workers with every job: the thread stays here
+        return {k: v for k, v in self.__dict__.items() if k != "logger"}
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_id = os.environ.pop(SWEEP_ENV, "unnamed")
-        folder = _failures_dir(config.hydra.sweep.dir, sweep_id)
-        records = (
-            [read_json(p) for p in sorted(folder.glob("job_*.json"))] if folder.is_dir() else []
-        )
-        for p in folder.glob("job_*.json") if folder.is_dir() else []:
-            p.unlink()
-        if folder.is_dir():
-            folder.rmdir()
-            if not any(folder.parent.iterdir()):
-                folder.parent.rmdir()
+        os.environ.pop(LOGGING_ENV, None)
+        if getattr(self, "logger", None) is not None:
+            self.logger.stop()
+        _remove_records(_records_dir(config.hydra.sweep.dir, FINISHED_DIR, sweep_id))
+        records = _remove_records(_records_dir(config.hydra.sweep.dir, FAILURES_DIR, sweep_id))
         elapsed = time.time() - getattr(self, "started", time.time())
         if not records:
             log.info("sweep finished in %.0f s, no job failed", elapsed)
@@ -110,3 +369,18 @@ class SweepCallback(Callback):
         ]
         print("\n".join(lines), flush=True)
         raise SystemExit(1)
+
+
+def _remove_records(folder: Path) -> list[dict[str, Any]]:
+    """The records in ``folder``, which is removed (and its parent, once empty)."""
+    if not folder.is_dir():
+        return []
+    paths = sorted(folder.glob("*.json"))
+    records = [read_json(p) for p in paths]
+    for p in paths:
+        p.unlink()
+    with contextlib.suppress(OSError):  # a temporary file of a record being written: left
+        folder.rmdir()
+        if not any(folder.parent.iterdir()):
+            folder.parent.rmdir()
+    return records

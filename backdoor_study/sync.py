@@ -37,27 +37,53 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not root.is_dir():
         raise FileNotFoundError(f"runs_root={str(root)!r}: no such directory")
     uri = tracking.store_uri(cfg.tracking, root)
-    client, exp_id = tracking.open_experiment(cfg.tracking, uri)
+    store = tracking.open_experiment(cfg.tracking, uri)
     holder = OmegaConf.create({"tracking": cfg.tracking, "runs_root": str(root)})
 
     counts = {"run_dirs": 0, "logged": 0, "already_logged": 0}
     for run_dir in tqdm(rundir.find_run_dirs(root), desc="sync", unit="run"):
         counts["run_dirs"] += 1
-        for kind, stage_dir, digest, log_it in _records(cfg, holder, run_dir):
-            if _logged(client, exp_id, kind, stage_dir, digest):
-                counts["already_logged"] += 1
-            else:
-                log_it()
-                counts["logged"] += 1
+        logged, already = log_run_dir(holder, run_dir, store)
+        counts["logged"] += logged
+        counts["already_logged"] += already
     log.info("sync into %s: %s", uri, counts)
     return counts
 
 
+def log_run_dir(
+    holder: DictConfig,
+    run_dir: Path,
+    store: tuple[Any, str],
+    only: tuple[str, Path] | None = None,
+) -> tuple[int, int]:
+    """Log what training run directory ``run_dir`` holds and the store does not: its training run,
+    eval, detections and sanitize results, or with ``only`` = (kind, directory) that one alone.
+    ``holder`` has ``tracking`` (and ``runs_root`` for the default store); ``store`` is its
+    (client, experiment id). Idempotent: what the store holds FINISHED is left alone. Returns
+    (logged, already logged). ``sync`` and a sweep's launching process
+    (``tracking.sweep_logging=launcher``) both log through here."""
+    client, exp_id = store
+    logged = already = 0
+    wanted = None if only is None else (only[0], Path(only[1]).resolve())
+    for kind, stage_dir, digest, log_it in _records(holder, run_dir):
+        if wanted is not None and (kind, Path(stage_dir).resolve()) != wanted:
+            continue
+        if _logged(client, exp_id, kind, stage_dir, digest):
+            already += 1
+        else:
+            log_it()
+            logged += 1
+        if wanted is not None:
+            break
+    return logged, already
+
+
 def _records(
-    cfg: DictConfig, holder: DictConfig, run_dir: Path
+    holder: DictConfig, run_dir: Path
 ) -> Iterator[tuple[str, Path, str, Callable[[], None]]]:
     """What one training run directory holds to log: (kind, directory, digest, how to log it) for
-    the training run, its eval, its detections and its sanitize results."""
+    the training run, its eval, its detections and its sanitize results (lazily: a caller that
+    stops after the training run reads nothing more)."""
     metadata = read_json(run_dir / rundir.METADATA_FILE)
     digest = metadata["config_digest"]
     run_cfg = OmegaConf.load(run_dir / rundir.RESOLVED_CONFIG_FILE)
@@ -86,7 +112,7 @@ def _records(
 
     def train_run() -> None:
         with tracking.start(holder, "train", run_dir, config_digest=digest, run_cfg=run_cfg) as t:
-            tracking.log_train_run(t, run_dir, log_model=bool(cfg.tracking.get("log_model")))
+            tracking.log_train_run(t, run_dir, log_model=bool(holder.tracking.get("log_model")))
 
     yield "train", run_dir, digest, train_run
     parent, _ = tracking.train_run_id(run_dir)

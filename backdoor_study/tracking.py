@@ -18,6 +18,12 @@ by ``backdoor_study.sweep.SweepCallback``). MLflow builds a store by replaying i
 migrations (~2 s); a new store here starts as a copy of an empty one made once per MLflow version
 and cached (:func:`cache_dir`).
 
+Who calls this module in a Hydra multirun sweep is ``tracking.sweep_logging``'s choice: with
+``launcher`` (the default) the jobs never import MLflow or matplotlib (they track through
+``backdoor_study.sweep.tracked``, which leaves a record instead) and a thread of the launching
+process logs each finished run directory through ``sync``, i.e. with :func:`start` and
+:func:`log_train_run` as here; with ``jobs`` every job calls them itself. Single runs log live.
+
 ``BACKDOOR_STUDY_TRACKING=none`` turns tracking off whatever the config says (the test suite sets
 it so that only tracking tests pay for a store).
 """
@@ -69,7 +75,10 @@ MAX_TAGS_PER_BATCH = 100
 MAX_ENTITIES_PER_BATCH = 1000
 
 
-# The prefix of the INFO line each tracked run writes with its tracking time (train.log).
+# The prefix of the INFO lines saying what MLflow cost: each run tracked in its own process writes
+# one to its train.log (``tracking-time train: ...``); a sweep's launching process writes its
+# store's (``tracking-time store: ...``) and, logging the jobs' runs, its total
+# (``tracking-time sweep: ...``). benchmarks/sweep.py sums them.
 TRACKING_TIME_LOG = "tracking-time"
 
 
@@ -203,8 +212,9 @@ def open_experiment(tracking: DictConfig, uri: str) -> tuple[Any, str]:
 
 
 def prepare_store(cfg: DictConfig) -> str | None:
-    """Create the store and the experiment now (before parallel jobs start); the experiment id,
-    or None (with a warning) when tracking is off or the store cannot be opened."""
+    """Create the store and the experiment now (before parallel jobs, or a sweep's logging
+    thread, log to it); the experiment id, or None (with a warning) when tracking is off or the
+    store cannot be opened."""
     if not enabled(cfg):
         return None
     t0 = time.perf_counter()
@@ -614,7 +624,6 @@ def log_train_run(tracker: Tracker, run_dir: str | Path, log_model: bool = False
         )
     for name, fig in confusion_figures(run_dir).items():
         tracker.log_figure(fig, name)
-        _close(fig)
     if log_model:
         tracker.log_artifacts([run_dir / "final_model.pt"], "model")
     if metadata.get("mlflow", {}).get("run_id") != tracker.run_id:
@@ -817,11 +826,13 @@ def train_run_id(run_dir: str | Path) -> tuple[str | None, str | None]:
 
 def confusion_figures(run_dir: Path) -> dict[str, Any]:
     """One figure: the confusion matrices of the clean and (with a trigger) the triggered test
-    set, from predictions.parquet and the run's decision threshold."""
+    set, from predictions.parquet and the run's decision threshold. A bare ``Figure``, not
+    pyplot's: nothing global to close, and safe in a sweep's logging thread while the
+    process's main thread runs a job."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from sklearn.metrics import ConfusionMatrixDisplay
 
     from backdoor_study.metrics import predict
@@ -838,15 +849,10 @@ def confusion_figures(run_dir: Path) -> dict[str, Any]:
     triggered_cols = [f"prob_triggered_{c}" for c in labels]
     if all(c in frame for c in triggered_cols):
         preds["triggered test set"] = predict(frame[triggered_cols].to_numpy(), cut)
-    fig, axes = plt.subplots(1, len(preds), figsize=(4 * len(preds), 3.6), dpi=72, squeeze=False)
+    fig = Figure(figsize=(4 * len(preds), 3.6), dpi=72)
+    axes = fig.subplots(1, len(preds), squeeze=False)
     for ax, (title, pred) in zip(axes[0], preds.items()):
         ConfusionMatrixDisplay.from_predictions(y, pred, labels=labels, ax=ax, colorbar=False)
         ax.set_title(title)
     fig.suptitle(f"{run_dir.name}: decision threshold {cut:.3f}")
     return {"confusion_matrices": fig}
-
-
-def _close(fig: Any) -> None:
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)

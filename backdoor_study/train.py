@@ -15,6 +15,7 @@ import csv
 import io
 import logging
 import logging.handlers
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,11 +82,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if plan == "skip":
             log.info("run %s already complete with this config: skipped", run_dir)
             metrics = read_json(run_dir / rundir.METRICS_FILE)
+            # in a sweep whose launching process logs, it logs the run if an earlier sweep left
+            # it unlogged (an MLflow run already there is kept: no second one)
+            sweep.record_finished(cfg, "train", run_dir)
             return {**metrics, "skipped": True}
 
         with (
             _RunLog() as run_log,
-            tracking.start(cfg, "train", run_dir, config_digest=digest) as tracker,
+            sweep.tracked(cfg, "train", run_dir, config_digest=digest) as tracker,
         ):
             metrics = _train(cfg, run_dir, digest, identity, plan, run_log)
             tracking.log_train_run(tracker, run_dir, log_model=bool(cfg.tracking.get("log_model")))
@@ -188,13 +192,21 @@ def _train(
 
 class _RunLog:
     """The run's ``train.log``: records are held in memory until the run directory has been
-    checked and started, so a refused run never creates a directory just to hold its log."""
+    checked and started, so a refused run never creates a directory just to hold its log.
+
+    Only the records of the thread that runs the run: with the basic launcher a sweep's jobs run
+    in its launching process, whose logging thread (``sweep.SweepLogger``) logs other runs."""
 
     def __init__(self) -> None:
         self.memory = logging.handlers.MemoryHandler(
             capacity=100_000, flushLevel=logging.CRITICAL + 1
         )
         self.file: logging.Handler | None = None
+        self.thread = threading.get_ident()
+        self.memory.addFilter(self._ours)
+
+    def _ours(self, record: logging.LogRecord) -> bool:
+        return record.thread == self.thread
 
     def __enter__(self) -> _RunLog:
         logging.getLogger().addHandler(self.memory)
@@ -202,6 +214,7 @@ class _RunLog:
 
     def attach(self, path: Path) -> None:
         self.file = logging.FileHandler(path, mode="a")
+        self.file.addFilter(self._ours)
         self.file.setFormatter(
             logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
         )

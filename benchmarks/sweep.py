@@ -12,10 +12,17 @@ study), for two grids at their presets' own sizes (what a user runs):
 
 with 1 and 2 joblib workers, each with ``tracking=mlflow`` and ``tracking=none``. It prints the
 trained run directories per minute and the tracking overhead ``wall(mlflow) / wall(none) - 1``
-(target < 5%). The wall-clock difference of two sweeps moves by several percent with whatever
-else the machine runs, so it also prints the time spent inside MLflow as the tracked sweep timed it
-itself (each run's ``tracking-time`` line in its ``train.log``, the store's creation in the
-launching process) as a share of the untracked sweep's worker time. Each grid's synthetic cohort
+(target < 5%). The tracked sweeps log as ``--sweep-logging`` says (``tracking.sweep_logging``:
+``launcher``, the default, or ``jobs``). The wall-clock difference of two sweeps moves by several
+percent with whatever else the machine runs, so it also prints the time spent inside MLflow as
+the tracked sweep timed it itself, whichever process spent it (the ``tracking-time`` lines: the
+store's preparation and, with launcher logging, the launching process's logging of every run,
+both in the sweep's output; with jobs logging, each run's own line in its ``train.log``) as a
+share of the untracked sweep's worker time. With launcher logging those seconds are spent in a
+thread of the launching process, beside the training, and are wall seconds of that thread: with
+1 worker joblib runs the jobs in the launching process itself, so they include the thread's
+waits for the GIL while a job trains. The thread's CPU seconds and how long the sweep's end waited
+for its last runs are printed beside them. Each grid's synthetic cohort
 is generated before the timings, and so is the empty-store template that every new SQLite store
 copies (``tracking.store_template``, made once per machine and MLflow version; its time is
 printed). ``--epochs`` /
@@ -27,6 +34,7 @@ The projection for the full thesis_grid (288 poisoned runs + 72 clean references
 by the workers.
 
     python benchmarks/sweep.py [--workers 1 2] [--grids demo thesis_slice] [--keep DIR]
+                               [--sweep-logging launcher|jobs]
     python benchmarks/sweep.py --epochs 2 --dev-size 1000 --no-calibrate     # a quick check
 
 With ``--keep DIR`` finished sweeps are saved in ``DIR/sweeps.json`` and reused, so the 1-worker
@@ -131,15 +139,23 @@ def make_store_template(root: Path) -> float:
 
 
 def sweep(
-    grid: str, workers: int, tracking: str, common: list[str], data_dir: Path, root: Path
+    grid: str,
+    workers: int,
+    tracking: str,
+    common: list[str],
+    data_dir: Path,
+    root: Path,
+    sweep_logging: str = "launcher",
 ) -> dict:
-    runs_root = root / f"{grid}-w{workers}-{tracking}"
+    mode = f"-{sweep_logging}" if tracking == "mlflow" else ""
+    runs_root = root / f"{grid}-w{workers}-{tracking}{mode}"
     args = [
         *GRIDS[grid],
         *common,
         f"data.data_dir={data_dir}",
         f"runs_root={runs_root}",
         f"tracking={tracking}",
+        *([f"tracking.sweep_logging={sweep_logging}"] if tracking == "mlflow" else []),
         "hydra/launcher=joblib",
         f"hydra.launcher.n_jobs={workers}",
     ]
@@ -161,18 +177,32 @@ def sweep(
     per_run = [
         own[-1] for r in runs if (own := logged_seconds((r / "train.log").read_text(), "train"))
     ]
-    store = logged_seconds(out.stdout + out.stderr, "store")
+    output = out.stdout + out.stderr
+    store = logged_seconds(output, "store")
+    # launcher logging: the launching process's time on the runs (the store's is its own line)
+    launcher = logged_seconds(output, "sweep")
+    launcher_runs = sum(
+        int(n) for n in re.findall(rf"{TRACKING_TIME_LOG} sweep: .* logged (\d+) runs", output)
+    )
+    launcher_cpu = re.findall(rf"{TRACKING_TIME_LOG} sweep: .* ([0-9.]+) s of CPU", output)
+    launcher_wait = re.findall(rf"{TRACKING_TIME_LOG} sweep: .* end waited ([0-9.]+) s", output)
     return {
         "grid": grid,
         "workers": workers,
         "tracking": tracking,
+        "sweep_logging": sweep_logging if tracking == "mlflow" else None,
         "runs": len(runs),
         "wall_s": wall,
         "train_s": train_s,
-        # seconds inside MLflow calls, timed by the runs themselves (tracking.TRACKING_TIME_LOG)
-        "tracking_s": sum(per_run),
-        "tracked_runs": len(per_run),
+        # seconds inside MLflow, timed by whichever process spent them (TRACKING_TIME_LOG lines)
+        "tracking_s": sum(per_run) + sum(launcher),
+        "tracked_runs": len(per_run) + launcher_runs,
         "store_s": sum(store),
+        # the launching process's logging thread: CPU seconds, store included (its wall seconds
+        # above also count waiting for the GIL where jobs run in that process: one worker)
+        "launcher_cpu_s": sum(float(c) for c in launcher_cpu) if launcher_cpu else None,
+        # how long the sweep's end waited for the thread's last runs (on the wall clock)
+        "launcher_wait_s": sum(float(w) for w in launcher_wait) if launcher_wait else None,
     }
 
 
@@ -180,6 +210,13 @@ def logged_seconds(text: str, what: str) -> list[float]:
     """The seconds of every ``tracking-time {what}: ... took|in X s`` line in a log."""
     pattern = rf"{TRACKING_TIME_LOG} {what}: .* (?:took|in) ([0-9.]+) s"
     return [float(m) for m in re.findall(pattern, text)]
+
+
+def saved_key(row: dict) -> tuple:
+    """(grid, workers, tracking, sweep_logging) of a measured sweep (rows saved before
+    tracking.sweep_logging existed were logged by the jobs)."""
+    mode = row.get("sweep_logging", "jobs") if row["tracking"] == "mlflow" else None
+    return (row["grid"], row["workers"], row["tracking"], mode)
 
 
 def find(rows: list[dict], grid: str, workers: int, tracking: str) -> dict:
@@ -228,6 +265,12 @@ def main() -> None:
     p.add_argument("--grids", nargs="+", default=list(GRIDS), choices=list(GRIDS))
     p.add_argument("--no-calibrate", action="store_true")
     p.add_argument("--keep", type=Path, help="keep the run trees under this directory")
+    p.add_argument(
+        "--sweep-logging",
+        choices=["launcher", "jobs"],
+        default="launcher",
+        help="who logs the tracked sweeps' runs (tracking.sweep_logging)",
+    )
     a = p.parse_args()
     common = ["trainer.progress=false"]
     if a.epochs is not None:
@@ -256,14 +299,19 @@ def main() -> None:
         for grid in a.grids:
             for workers in a.workers:
                 for tracking in ("none", "mlflow"):
-                    key = (grid, workers, tracking)
-                    r = next(
-                        (d for d in done if (d["grid"], d["workers"], d["tracking"]) == key), None
-                    )
+                    mode = a.sweep_logging if tracking == "mlflow" else None
+                    key = (grid, workers, tracking, mode)
+                    r = next((d for d in done if saved_key(d) == key), None)
                     if r is None:
                         r = {
                             **sweep(
-                                grid, workers, tracking, common, grid_data_dir(root, grid), root
+                                grid,
+                                workers,
+                                tracking,
+                                common,
+                                grid_data_dir(root, grid),
+                                root,
+                                a.sweep_logging,
                             ),
                             "common": common,
                         }
@@ -288,9 +336,11 @@ def main() -> None:
                 f"{grid:>13s} workers={workers}: {100 * over:+6.1f}%  (~{per_run:.1f} s per run per worker)"
             )
         print(
-            "\ntime inside MLflow, timed by the tracked sweep itself (the store's creation in the "
-            "launching process + every run's own tracking time, MLflow's import in each worker "
-            "included), as a share of the untracked sweep's worker time (wall x workers):"
+            f"\ntime inside MLflow (sweep_logging={a.sweep_logging}), timed by the tracked sweep "
+            "itself, whichever process spent it (the store's preparation in the launching "
+            "process, MLflow's import included; the runs' logging by the launching process or by "
+            "each job, MLflow's and matplotlib's imports included), as a share of the untracked "
+            "sweep's worker time (wall x workers):"
         )
         for grid, workers, none, mlf in pairs:
             if "tracking_s" not in mlf:
@@ -301,6 +351,12 @@ def main() -> None:
                 f"{100 * inside / (none['wall_s'] * workers):4.1f}%  (store {mlf['store_s']:.1f} s, "
                 f"{mlf['tracked_runs']} runs {mlf['tracking_s']:.1f} s, "
                 f"{mlf['tracking_s'] / max(mlf['tracked_runs'], 1):.2f} s per run)"
+                + (
+                    f"; the launching process's logging thread: {cpu:.1f} s of CPU, and the "
+                    f"sweep's end waited {mlf['launcher_wait_s']:.1f} s for it"
+                    if (cpu := mlf.get("launcher_cpu_s")) is not None
+                    else ""
+                )
             )
 
         if a.no_calibrate or "thesis_slice" not in a.grids:

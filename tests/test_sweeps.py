@@ -1,10 +1,14 @@
 """Hydra multirun sweeps from the command line: parallel jobs, one MLflow run each, restartable by
-running the same command again, and a failed job that fails alone and is reported."""
+running the same command again, and a failed job that fails alone and is reported. Under
+``tracking.sweep_logging=launcher`` (the default) the jobs never import MLflow: the launching
+process logs their runs, the same MLflow runs as jobs logging live (``jobs``)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from backdoor_study import rundir, tracking
 from backdoor_study.data.schema import write_parquet
 from tests.conftest import REPO_ROOT, make_tiny_dataset
+from tests.sweep_probe import imported, probed
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +62,38 @@ def mlflow_runs(runs_root: Path) -> list:
     return client.search_runs([exp.experiment_id])
 
 
+def logged(runs_root: Path) -> dict[str, dict]:
+    """What the store holds of each run, by run name, as a user compares runs: params, tags,
+    every metric's (step, value) history, artifacts, dataset inputs (``runs_root`` -> ROOT; epoch
+    wall times, which no two runs share, left out)."""
+    client = MlflowClient(f"sqlite:///{runs_root / tracking.STORE_FILE}")
+    out = {}
+    for run in mlflow_runs(runs_root):
+        rid = run.info.run_id
+        history = {
+            key: sorted(
+                (m.step, "nan" if math.isnan(m.value) else m.value)
+                for m in client.get_metric_history(rid, key)
+            )
+            for key in run.data.metrics
+            if key != "seconds"
+        }
+        out[run.info.run_name] = {
+            "status": run.info.status,
+            "params": run.data.params,
+            "tags": {k: v.replace(str(runs_root), "ROOT") for k, v in run.data.tags.items()},
+            "metrics": history,
+            "artifacts": sorted(
+                a.path for d in (None, "figures") for a in client.list_artifacts(rid, d)
+            ),
+            "inputs": [
+                (i.dataset.name, i.dataset.digest, i.dataset.source, sorted(map(str, i.tags)))
+                for i in run.inputs.dataset_inputs
+            ],
+        }
+    return out
+
+
 @pytest.mark.slow  # two 4-job sweeps in worker processes: minutes on 2 cores
 def test_joblib_sweep_one_mlflow_run_per_job_and_a_rerun_resumes_adding_none(cohort, tmp_path):
     grid = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=mlp,lstm", "seed=1,2"]
@@ -64,7 +101,7 @@ def test_joblib_sweep_one_mlflow_run_per_job_and_a_rerun_resumes_adding_none(coh
     assert out.returncode == 0, out.stdout + out.stderr
     runs = rundir.find_run_dirs(tmp_path)
     assert len(runs) == 4
-    first = mlflow_runs(tmp_path)  # the store was created before the parallel jobs started
+    first = mlflow_runs(tmp_path)  # one store, created before anything logged to it
     assert len(first) == 4 and all(r.info.status == "FINISHED" for r in first)
     assert {r.data.tags["backdoor_study.run_dir"] for r in first} == {str(p) for p in runs}
 
@@ -119,3 +156,66 @@ def test_parallel_jobs_sharing_a_clean_reference_train_it_once(cohort, tmp_path)
         if p != reference
     }
     assert asr == {json.loads((reference / "metrics.json").read_text())["ASR"]}
+
+
+@pytest.mark.slow  # three 4-job sweeps in worker processes
+def test_launcher_logging_keeps_mlflow_out_of_the_jobs_and_logs_what_jobs_would(cohort, tmp_path):
+    grid = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=mlp,lstm", "seed=1,2"]
+    root = tmp_path / "launcher"
+    out = sweep(root, cohort, *grid, *probed(tmp_path / "probe-launcher"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    runs = rundir.find_run_dirs(root)
+    assert len(runs) == 4
+    jobs = imported(tmp_path / "probe-launcher")
+    assert sorted(jobs) == [0, 1, 2, 3] and all(m == [] for m in jobs.values())  # no MLflow
+    for run_dir in runs:
+        assert "tracking-time" not in (run_dir / "train.log").read_text()
+    assert "tracking-time sweep: the launching process logged 4 runs in" in out.stdout
+    assert not (root / ".sweep_finished").exists()
+    by_launcher = logged(root)
+    assert len(by_launcher) == 4 and all(r["status"] == "FINISHED" for r in by_launcher.values())
+    for run in mlflow_runs(root):
+        run_dir = Path(run.data.tags["backdoor_study.run_dir"])
+        meta = json.loads((run_dir / "run_metadata.json").read_text())
+        assert meta["mlflow"]["run_id"] == run.info.run_id
+        logged_run = by_launcher[run.info.run_name]
+        assert [step for step, _ in logged_run["metrics"]["val_auroc"]] == [1, 2]
+        assert {"config_resolved.yaml", "history.csv", "figures/confusion_matrices.png"} <= set(
+            logged_run["artifacts"]
+        )
+        assert len(logged_run["inputs"]) == 1
+
+    # each job logging its own run: MLflow imported in every worker, the same MLflow runs
+    out = sweep(
+        tmp_path / "jobs", cohort, *grid, "tracking.sweep_logging=jobs",
+        *probed(tmp_path / "probe-jobs"),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert all("mlflow" in m for m in imported(tmp_path / "probe-jobs").values())
+    assert "tracking-time sweep" not in out.stdout
+    by_jobs = logged(tmp_path / "jobs")
+    assert sorted(by_jobs) == sorted(by_launcher)
+    for name, run in by_launcher.items():
+        assert run == by_jobs[name], name
+
+    first = sorted(r.info.run_id for r in mlflow_runs(root))
+    again = sweep(root, cohort, *grid)  # all skipped: nothing new in the store
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("skipped (already complete)") == 4
+    assert re.search(r"logged 0 runs in [0-9.]+ s \(4 already logged;", again.stdout)
+    assert sorted(r.info.run_id for r in mlflow_runs(root)) == first
+
+
+@pytest.mark.slow  # imports MLflow and makes a store
+def test_under_launcher_logging_a_failed_job_is_reported_and_logs_nothing(cohort, tmp_path):
+    (tmp_path / "cohort_1.parquet").write_bytes(cohort.read_bytes())
+    (tmp_path / "cohort_2.parquet").write_text("not a parquet file")  # fails while training
+    out = sweep(tmp_path, cohort, "seed=1,2", f"data.path='{tmp_path}/cohort_${{seed}}.parquet'")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "1 job(s) of the sweep failed" in out.stdout
+    assert f"job 1: {tmp_path}/mlp/none/0.0/seed_2: " in out.stdout
+    assert "the launching process logged 1 runs in" in out.stdout
+    assert "not logged" not in out.stdout + out.stderr
+    (run,) = mlflow_runs(tmp_path)
+    assert run.info.run_name == "mlp-none-0.0-s1" and run.info.status == "FINISHED"
+    assert not (tmp_path / ".sweep_finished").exists()

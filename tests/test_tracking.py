@@ -3,8 +3,11 @@ nothing lost when the store is unusable, ``sync`` idempotent, ``tracking=none`` 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import os
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -314,3 +317,163 @@ def test_eval_tracking_time_counts_each_second_once(tmp_path, monkeypatch):
     tracker.run_id = "run"
     tracking.log_eval_run(tracker, tmp_path, {"metrics": {"ASR": 0.5}}, tmp_path / "eval.json")
     assert tracker.elapsed_s == 1.0  # one timed span (two readings), not one inside another
+
+
+# --------------------------------------------------------------------------------------- sweeps
+def test_the_launching_process_logs_recorded_runs_as_train_and_eval_would(
+    cohort, store, tmp_path, monkeypatch, caplog
+):
+    """tracking.sweep_logging=launcher: jobs leave records, the launching process's SweepLogger
+    logs each recorded run (here a training run and its eval, the eval a child of the training
+    run) with sync's code; the same records again add nothing."""
+    from backdoor_study import sweep
+
+    cfg = make_cfg(
+        "train", cohort, tmp_path, "trigger=rare_value", "poison_rate=0.05",
+        f"tracking.uri={store}", "tracking.experiment=launcher",
+    )  # fmt: skip
+    train.run(cfg)  # tracking is off (BACKDOOR_STUDY_TRACKING=none): the jobs' side
+    run_dir = Path(cfg.run_dir)
+    ecfg = make_cfg("eval", cohort, tmp_path, f"run_dir={run_dir}", "device=cpu")
+    eval_mod.run(ecfg)
+    monkeypatch.delenv(tracking.TRACKING_ENV)
+    folder = tmp_path / ".sweep_finished" / "sweep-1"
+    sweep.write_finished_record(folder, cfg, "train", run_dir, job=0)
+    sweep.write_finished_record(folder, cfg, "eval", run_dir, job=0)
+    assert len(list(folder.glob("*.json"))) == 2
+
+    caplog.set_level(logging.INFO, logger="backdoor_study")
+    logger = sweep.SweepLogger(cfg, folder, poll_s=0.05)
+    logger.start()
+    logger.stop()
+    assert logger.error is None and (logger.logged, logger.already) == (2, 0)
+    assert not list(folder.glob("*.json"))  # each record is deleted once logged
+    runs = {r.data.tags["backdoor_study.kind"]: r for r in runs_of(store, "launcher")}
+    assert sorted(runs) == ["eval", "train"]
+    trained = runs["train"]
+    meta = json.loads((run_dir / "run_metadata.json").read_text())
+    assert meta["mlflow"] == {"run_id": trained.info.run_id, "tracking_uri": store}
+    assert trained.info.status == "FINISHED" and trained.info.run_name == "mlp-rare_value-0.05-s42"
+    assert trained.data.params["model.hidden_sizes"] == "[128, 64]"
+    history = MlflowClient(store).get_metric_history(trained.info.run_id, "val_auroc")
+    assert sorted(m.step for m in history) == [1, 2]
+    figures = MlflowClient(store).list_artifacts(trained.info.run_id, "figures")
+    assert [a.path for a in figures] == ["figures/confusion_matrices.png"]
+    assert runs["eval"].data.tags["mlflow.parentRunId"] == trained.info.run_id
+    (line,) = [r.getMessage() for r in caplog.records if "tracking-time sweep" in r.getMessage()]
+    assert "the launching process logged 2 runs in" in line
+    assert "tracking-time train" not in (run_dir / "train.log").read_text()
+
+    sweep.write_finished_record(folder, cfg, "train", run_dir, job=1)  # e.g. a re-run sweep
+    again = sweep.SweepLogger(cfg, folder, poll_s=0.05)
+    again.start()
+    again.stop()
+    assert (again.logged, again.already) == (0, 1)
+    assert len(runs_of(store, "launcher")) == 2
+
+
+def test_an_unusable_store_or_a_broken_record_costs_the_sweep_nothing(
+    cohort, store, tmp_path, monkeypatch, caplog
+):
+    """The logging thread warns and ends; stop() returns and says what to sync; a record that
+    cannot be logged is reported and the others are logged."""
+    from backdoor_study import sweep
+
+    cfg = make_cfg("train", cohort, tmp_path, f"tracking.uri={store}", "tracking.experiment=bad")
+    train.run(cfg)
+    monkeypatch.delenv(tracking.TRACKING_ENV)
+    folder = tmp_path / "records"
+    sweep.write_finished_record(folder, cfg, "train", cfg.run_dir)
+    gone = tmp_path / "gone"
+    sweep.write_finished_record(folder, cfg, "train", gone)  # its run directory is not there
+
+    caplog.set_level(logging.INFO, logger="backdoor_study")
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the store's directory should be")
+    unusable = copy.deepcopy(cfg)
+    unusable.tracking.uri = f"sqlite:///{blocker}/mlflow.db"
+    logger = sweep.SweepLogger(unusable, folder, poll_s=0.05)
+    logger.start()
+    logger.stop()
+    assert logger.store_ok is False and logger.logged == 0
+    assert "MLflow tracking unavailable" in caplog.text
+    assert (
+        "2 run(s) of the sweep were not logged" in caplog.text
+        and "backdoor_study.sync" in caplog.text
+    )
+    assert not runs_of(store, "bad")
+
+    caplog.clear()
+
+    def broken(cfg):
+        raise RuntimeError("a bug in the logging thread")
+
+    with monkeypatch.context() as m:
+        m.setattr(tracking, "prepare_store", broken)
+        logger = sweep.SweepLogger(cfg, folder, poll_s=0.05)
+        logger.start()
+        logger.stop()  # returns: the thread is over
+    assert isinstance(logger.error, RuntimeError)
+    assert "MLflow logging of the sweep stopped (RuntimeError: a bug in the logging thread)" in (
+        caplog.text
+    )
+
+    caplog.clear()
+    logger = sweep.SweepLogger(cfg, folder, poll_s=0.05)
+    logger.start()
+    logger.stop()
+    assert logger.error is None and logger.logged == 1 and logger.unlogged
+    assert f"could not log {folder}" in caplog.text and "1 run(s) of the sweep were not logged" in (
+        caplog.text
+    )
+    (run,) = runs_of(store, "bad")
+    assert run.data.tags["backdoor_study.run_dir"] == str(Path(cfg.run_dir).resolve())
+
+
+def test_a_bad_sweep_logging_value_is_refused(cohort, tmp_path, capsys, monkeypatch):
+    from backdoor_study import sweep
+    from backdoor_study.config import ConfigError
+
+    expected = "tracking.sweep_logging='bogus' is invalid: expected one of ['launcher', 'jobs']"
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        train.run(make_cfg("train", cohort, tmp_path, "tracking.sweep_logging=bogus"))
+    # a sweep refuses it in its launching process, before any job starts or the store is made
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        config = compose(
+            "train",
+            overrides=[f"runs_root={tmp_path}", "tracking.sweep_logging=bogus"],
+            return_hydra_config=True,
+        )
+    monkeypatch.delenv(tracking.TRACKING_ENV)
+    monkeypatch.delenv(sweep.SWEEP_ENV, raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        sweep.SweepCallback().on_multirun_start(config)
+    assert exit_.value.code == 1
+    assert f"backdoor_study.train: error: ConfigError: {expected}" in capsys.readouterr().err
+    assert sweep.LOGGING_ENV not in os.environ and not (tmp_path / tracking.STORE_FILE).exists()
+
+    # the classic study's runs log from their own process: its sweeps log in the jobs
+    from backdoor_study.config import validate
+
+    with initialize_config_dir(config_dir=str(CONF_DIR / "classic"), version_base="1.3"):
+        classic = compose("classic", overrides=["tracking.sweep_logging=launcher"])
+    with pytest.raises(ConfigError, match=r"tracking.sweep_logging='launcher' is invalid"):
+        validate(classic)
+
+
+def test_a_run_log_holds_only_its_own_threads_records(tmp_path):
+    """With the basic launcher a sweep's jobs run in the launching process, beside its logging
+    thread: that thread's lines are not the run's and stay out of its train.log."""
+    import threading
+
+    other = logging.getLogger("backdoor_study.sweep")
+    with train._RunLog() as run_log:
+        logging.getLogger("backdoor_study.train").warning("before the run directory exists")
+        run_log.attach(tmp_path / "train.log")
+        thread = threading.Thread(target=other.warning, args=("another thread's line",))
+        thread.start()
+        thread.join()
+        logging.getLogger("backdoor_study.train").warning("the run's own line")
+    text = (tmp_path / "train.log").read_text()
+    assert "before the run directory exists" in text and "the run's own line" in text
+    assert "another thread's line" not in text
