@@ -20,8 +20,8 @@ and cached (:func:`cache_dir`).
 
 Who calls this module in a Hydra multirun sweep is ``tracking.sweep_logging``'s choice: with
 ``launcher`` (the default) the jobs never import MLflow or matplotlib (they track through
-``backdoor_study.sweep.tracked``, which leaves a record instead) and a thread of the launching
-process logs each finished run directory through ``sync``, i.e. with :func:`start` and
+``backdoor_study.sweep.tracked``, which leaves a record instead) and the sweep's logger (a
+process forked from the launching one) logs each finished run directory through ``sync``, i.e. with :func:`start` and
 :func:`log_train_run` as here; with ``jobs`` every job calls them itself. Single runs log live.
 
 ``BACKDOOR_STUDY_TRACKING=none`` turns tracking off whatever the config says (the test suite sets
@@ -212,8 +212,8 @@ def open_experiment(tracking: DictConfig, uri: str) -> tuple[Any, str]:
 
 
 def prepare_store(cfg: DictConfig) -> str | None:
-    """Create the store and the experiment now (before parallel jobs, or a sweep's logging
-    thread, log to it); the experiment id, or None (with a warning) when tracking is off or the
+    """Create the store and the experiment now (before parallel jobs, or a sweep's logger, log
+    to it); the experiment id, or None (with a warning) when tracking is off or the
     store cannot be opened."""
     if not enabled(cfg):
         return None
@@ -827,8 +827,8 @@ def train_run_id(run_dir: str | Path) -> tuple[str | None, str | None]:
 def confusion_figures(run_dir: Path) -> dict[str, Any]:
     """One figure: the confusion matrices of the clean and (with a trigger) the triggered test
     set, from predictions.parquet and the run's decision threshold. A bare ``Figure``, not
-    pyplot's: nothing global to close, and safe in a sweep's logging thread while the
-    process's main thread runs a job."""
+    pyplot's: nothing global to close, and safe in a sweep's logging thread (where there is no
+    fork) while the process's main thread runs a job."""
     import matplotlib
 
     matplotlib.use("Agg")

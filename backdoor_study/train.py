@@ -195,7 +195,8 @@ class _RunLog:
     checked and started, so a refused run never creates a directory just to hold its log.
 
     Only the records of the thread that runs the run: with the basic launcher a sweep's jobs run
-    in its launching process, whose logging thread (``sweep.SweepLogger``) logs other runs."""
+    in its launching process, where the sweep's logger (``sweep.SweepLogger``: a thread, or the
+    relay of a forked process's lines) logs other runs."""
 
     def __init__(self) -> None:
         self.memory = logging.handlers.MemoryHandler(

@@ -18,11 +18,12 @@ percent with whatever else the machine runs, so it also prints the time spent in
 the tracked sweep timed it itself, whichever process spent it (the ``tracking-time`` lines: the
 store's preparation and, with launcher logging, the launching process's logging of every run,
 both in the sweep's output; with jobs logging, each run's own line in its ``train.log``) as a
-share of the untracked sweep's worker time. With launcher logging those seconds are spent in a
-thread of the launching process, beside the training, and are wall seconds of that thread: with
-1 worker joblib runs the jobs in the launching process itself, so they include the thread's
-waits for the GIL while a job trains. The thread's CPU seconds and how long the sweep's end waited
-for its last runs are printed beside them. Each grid's synthetic cohort
+share of the untracked sweep's worker time. With launcher logging those seconds are spent by
+the sweep's logger (``sweep.SweepLogger``: a process forked from the launching one on Linux)
+beside the training: they cost the sweep wall time only where the cores are busy (2 workers on 2
+cores), so with launcher logging the wall ratio is the measure of what tracking costs. The
+logger's CPU seconds and how long the sweep's end waited for its last runs are printed beside
+them. Each grid's synthetic cohort
 is generated before the timings, and so is the empty-store template that every new SQLite store
 copies (``tracking.store_template``, made once per machine and MLflow version; its time is
 printed). ``--epochs`` /
@@ -198,10 +199,9 @@ def sweep(
         "tracking_s": sum(per_run) + sum(launcher),
         "tracked_runs": len(per_run) + launcher_runs,
         "store_s": sum(store),
-        # the launching process's logging thread: CPU seconds, store included (its wall seconds
-        # above also count waiting for the GIL where jobs run in that process: one worker)
+        # the sweep's logger (launcher logging): CPU seconds, store included
         "launcher_cpu_s": sum(float(c) for c in launcher_cpu) if launcher_cpu else None,
-        # how long the sweep's end waited for the thread's last runs (on the wall clock)
+        # how long the sweep's end waited for the logger's last runs (on the wall clock)
         "launcher_wait_s": sum(float(w) for w in launcher_wait) if launcher_wait else None,
     }
 
@@ -352,7 +352,7 @@ def main() -> None:
                 f"{mlf['tracked_runs']} runs {mlf['tracking_s']:.1f} s, "
                 f"{mlf['tracking_s'] / max(mlf['tracked_runs'], 1):.2f} s per run)"
                 + (
-                    f"; the launching process's logging thread: {cpu:.1f} s of CPU, and the "
+                    f"; the sweep's logger: {cpu:.1f} s of CPU, and the "
                     f"sweep's end waited {mlf['launcher_wait_s']:.1f} s for it"
                     if (cpu := mlf.get("launcher_cpu_s")) is not None
                     else ""

@@ -320,17 +320,20 @@ def test_eval_tracking_time_counts_each_second_once(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------------------- sweeps
+@pytest.mark.parametrize("process", [True, False], ids=["forked process", "thread"])
 def test_the_launching_process_logs_recorded_runs_as_train_and_eval_would(
-    cohort, store, tmp_path, monkeypatch, caplog
+    cohort, store, tmp_path, monkeypatch, caplog, process
 ):
     """tracking.sweep_logging=launcher: jobs leave records, the launching process's SweepLogger
-    logs each recorded run (here a training run and its eval, the eval a child of the training
-    run) with sync's code; the same records again add nothing."""
+    (a forked process on Linux, a thread elsewhere) logs each recorded run (here a training run
+    and its eval, the eval a child of the training run) with sync's code; the same records again
+    add nothing. The forked logger's counts and log lines reach the launching process."""
     from backdoor_study import sweep
 
+    experiment = f"launcher-{'process' if process else 'thread'}"  # the store is the module's
     cfg = make_cfg(
         "train", cohort, tmp_path, "trigger=rare_value", "poison_rate=0.05",
-        f"tracking.uri={store}", "tracking.experiment=launcher",
+        f"tracking.uri={store}", f"tracking.experiment={experiment}",
     )  # fmt: skip
     train.run(cfg)  # tracking is off (BACKDOOR_STUDY_TRACKING=none): the jobs' side
     run_dir = Path(cfg.run_dir)
@@ -343,12 +346,12 @@ def test_the_launching_process_logs_recorded_runs_as_train_and_eval_would(
     assert len(list(folder.glob("*.json"))) == 2
 
     caplog.set_level(logging.INFO, logger="backdoor_study")
-    logger = sweep.SweepLogger(cfg, folder, poll_s=0.05)
+    logger = sweep.SweepLogger(cfg, folder, poll_s=0.05, process=process)
     logger.start()
     logger.stop()
     assert logger.error is None and (logger.logged, logger.already) == (2, 0)
     assert not list(folder.glob("*.json"))  # each record is deleted once logged
-    runs = {r.data.tags["backdoor_study.kind"]: r for r in runs_of(store, "launcher")}
+    runs = {r.data.tags["backdoor_study.kind"]: r for r in runs_of(store, experiment)}
     assert sorted(runs) == ["eval", "train"]
     trained = runs["train"]
     meta = json.loads((run_dir / "run_metadata.json").read_text())
@@ -365,11 +368,11 @@ def test_the_launching_process_logs_recorded_runs_as_train_and_eval_would(
     assert "tracking-time train" not in (run_dir / "train.log").read_text()
 
     sweep.write_finished_record(folder, cfg, "train", run_dir, job=1)  # e.g. a re-run sweep
-    again = sweep.SweepLogger(cfg, folder, poll_s=0.05)
+    again = sweep.SweepLogger(cfg, folder, poll_s=0.05, process=process)
     again.start()
     again.stop()
     assert (again.logged, again.already) == (0, 1)
-    assert len(runs_of(store, "launcher")) == 2
+    assert len(runs_of(store, experiment)) == 2
 
 
 def test_an_unusable_store_or_a_broken_record_costs_the_sweep_nothing(
