@@ -226,6 +226,7 @@ class SweepLogger:
         self.error: BaseException | None = None
         self.store_ok: bool | None = None  # None: not prepared yet
         self._stores: dict[tuple[str, str], tuple[Any, str]] = {}
+        self._launcher_pid = os.getpid()
         self.process = sys.platform.startswith("linux") if process is None else process
         if self.process:
             ctx = multiprocessing.get_context("fork")
@@ -339,6 +340,9 @@ class SweepLogger:
                 return
             while True:
                 stopping = self._stop.wait(self.poll_s)
+                # a forked logger whose launching process was killed (no on_multirun_end) logs
+                # what is there and ends, rather than polling for ever
+                stopping = stopping or os.getppid() != self._launcher_pid
                 self.log_records()
                 if stopping:
                     return

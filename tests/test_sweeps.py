@@ -219,3 +219,52 @@ def test_under_launcher_logging_a_failed_job_is_reported_and_logs_nothing(cohort
     (run,) = mlflow_runs(tmp_path)
     assert run.info.run_name == "mlp-none-0.0-s1" and run.info.status == "FINISHED"
     assert not (tmp_path / ".sweep_finished").exists()
+
+
+ORPHAN = """
+import os, sys, time
+from pathlib import Path
+from omegaconf import OmegaConf
+from backdoor_study import sweep
+root = Path(sys.argv[1])
+tracking = {"name": "mlflow", "uri": f"sqlite:///{root}/mlflow.db", "experiment": "orphan",
+            "log_model": False, "http_timeout_s": 10, "http_retries": 1,
+            "sweep_logging": "launcher"}
+logger = sweep.SweepLogger(OmegaConf.create({"tracking": tracking, "runs_root": str(root)}),
+                           root / "records", poll_s=0.1, process=True)
+logger.start()
+print(logger._worker.pid, flush=True)
+time.sleep(0.5)
+os._exit(0)  # killed: no on_multirun_end, no atexit
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the forked logger is Linux's")
+def test_a_forked_logger_ends_when_its_launching_process_is_killed(tmp_path):
+    """An interrupted sweep must not leave its logger polling for ever."""
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != tracking.TRACKING_ENV}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN, str(tmp_path)],
+        cwd=REPO_ROOT,
+        env=env | {"MLFLOW_DISABLE_TELEMETRY": "true"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    pid = int(proc.stdout.readline())
+    proc.wait(timeout=60)
+    proc.stdout.close()  # the orphan holds the pipe's other end: never read to its end
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (ProcessLookupError, FileNotFoundError):
+            return
+        if state in ("Z", "X"):  # ended, waiting to be reaped by whoever adopted it
+            return
+        time.sleep(0.2)
+    os.kill(pid, 9)
+    pytest.fail(f"the forked logger (pid {pid}) outlived its launching process by 30 s")
