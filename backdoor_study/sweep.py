@@ -64,6 +64,7 @@ SWEEP_ENV = "BACKDOOR_STUDY_SWEEP_ID"
 # Set by the launching process when its SweepLogger logs the sweep's runs (jobs then defer).
 LOGGING_ENV = "BACKDOOR_STUDY_SWEEP_LOGGING"
 FAILURES_DIR = ".sweep_failures"
+LOGGER_NICENESS = 10  # added to the forked logger's niceness (os.nice)
 FINISHED_DIR = ".sweep_finished"
 
 
@@ -285,6 +286,11 @@ class SweepLogger:
     def _child(self) -> None:
         """The forked process: log, then send what it did to the launching process."""
         _after_fork(self._log_records)
+        # below the jobs in the scheduler's order: where every core trains, logging takes the
+        # idle moments (a job starting, waiting on a lock, the sweep's tail) rather than a share
+        # of the training; an idle core it uses at full speed
+        with contextlib.suppress(OSError):
+            os.nice(LOGGER_NICENESS)
         try:
             self._run()
         finally:
