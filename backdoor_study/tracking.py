@@ -21,8 +21,9 @@ and cached (:func:`cache_dir`).
 Who calls this module in a Hydra multirun sweep is ``tracking.sweep_logging``'s choice: with
 ``launcher`` (the default) the jobs never import MLflow or matplotlib (they track through
 ``backdoor_study.sweep.tracked``, which leaves a record instead) and the sweep's logger (a
-process forked from the launching one) logs each finished run directory through ``sync``, i.e. with :func:`start` and
-:func:`log_train_run` as here; with ``jobs`` every job calls them itself. Single runs log live.
+process forked from the launching one) logs each finished run directory through ``sync``, i.e.
+with :func:`start` and :func:`log_train_run` as here; with ``jobs`` every job calls them itself.
+Single runs log live.
 
 ``BACKDOOR_STUDY_TRACKING=none`` turns tracking off whatever the config says (the test suite sets
 it so that only tracking tests pay for a store).

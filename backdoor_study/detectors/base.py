@@ -64,7 +64,7 @@ def smallest(values: np.ndarray, k: int) -> np.ndarray:
     if k <= 0:
         return np.zeros(values.size, dtype=bool)
     cut = np.partition(values, k - 1)[k - 1]
-    if np.isnan(cut):  # NaN sorts last; with so few numbers the sort itself is cheap enough
+    if np.isnan(cut):  # fewer than k numbers: NaNs make up the rest, in the order a sort gives
         mask = np.zeros(values.size, dtype=bool)
         mask[np.argsort(values, kind="stable")[:k]] = True
         return mask
