@@ -68,10 +68,11 @@ def log_run_dir(
     for kind, stage_dir, digest, log_it in _records(holder, run_dir):
         if wanted is not None and (kind, Path(stage_dir).resolve()) != wanted:
             continue
-        if _logged(client, exp_id, kind, stage_dir, digest):
+        found = tracking.find_run(client, exp_id, kind, stage_dir, digest)
+        if found is not None and found.info.status == "FINISHED":
             already += 1
         else:
-            log_it()
+            log_it(found)  # the run a cut-short logging left (or None): not searched again
             logged += 1
         if wanted is not None:
             break
@@ -80,18 +81,19 @@ def log_run_dir(
 
 def _records(
     holder: DictConfig, run_dir: Path
-) -> Iterator[tuple[str, Path, str, Callable[[], None]]]:
+) -> Iterator[tuple[str, Path, str, Callable[[Any], None]]]:
     """What one training run directory holds to log: (kind, directory, digest, how to log it) for
     the training run, its eval, its detections and its sanitize results (lazily: a caller that
-    stops after the training run reads nothing more)."""
+    stops after the training run reads nothing more). How to log it takes the MLflow run the
+    store already has for it (unfinished), or None."""
     metadata = read_json(run_dir / rundir.METADATA_FILE)
     digest = metadata["config_digest"]
     run_cfg = OmegaConf.load(run_dir / rundir.RESOLVED_CONFIG_FILE)
     if "study" in metadata:  # a run of the classic study (backdoor_study.classic)
 
-        def classic_run() -> None:
+        def classic_run(found: Any) -> None:
             with tracking.start(
-                holder, "classic", run_dir, config_digest=digest, run_cfg=run_cfg
+                holder, "classic", run_dir, config_digest=digest, run_cfg=run_cfg, found=found
             ) as t:
                 tracking.log_classic_dir(t, run_dir)
 
@@ -99,7 +101,9 @@ def _records(
         return
     parent = None  # the training run's MLflow id, read once the training run is logged
 
-    def stage(kind: str, stage_dir: Path, stage_digest: str, metrics: dict, files: list) -> None:
+    def stage(
+        kind: str, stage_dir: Path, stage_digest: str, metrics: dict, files: list, found: Any
+    ) -> None:
         with tracking.start(
             holder,
             kind,
@@ -107,12 +111,17 @@ def _records(
             config_digest=stage_digest,
             run_cfg=run_cfg,
             parent_run_id=parent,
+            found=found,
         ) as tracker:
-            tracking.log_stage_run(tracker, run_dir, metrics, files)
+            tracking.log_stage_run(tracker, run_dir, metrics, files, run_cfg=run_cfg)
 
-    def train_run() -> None:
-        with tracking.start(holder, "train", run_dir, config_digest=digest, run_cfg=run_cfg) as t:
-            tracking.log_train_run(t, run_dir, log_model=bool(holder.tracking.get("log_model")))
+    def train_run(found: Any) -> None:
+        with tracking.start(
+            holder, "train", run_dir, config_digest=digest, run_cfg=run_cfg, found=found
+        ) as t:
+            tracking.log_train_run(
+                t, run_dir, log_model=bool(holder.tracking.get("log_model")), run_cfg=run_cfg
+            )
 
     yield "train", run_dir, digest, train_run
     parent, _ = tracking.train_run_id(run_dir)
@@ -123,7 +132,7 @@ def _records(
             "eval",
             run_dir,
             digest,
-            lambda: stage("eval", run_dir, digest, metrics, [run_dir / EVAL_FILE]),
+            partial(stage, "eval", run_dir, digest, metrics, [run_dir / EVAL_FILE]),
         )
     for done in sorted((run_dir / detect.DETECT_DIR).glob(f"*/{detect.METRICS_FILE}")):
         out_dir = done.parent
@@ -143,13 +152,11 @@ def _records(
             "sanitize",
             done.parent,
             d,
-            partial(sanitize.log_sanitize, holder, run_dir, done.parent, detection_dir),
+            # searched again: a sanitize result goes to the store its training run recorded
+            lambda _found, d=done.parent, dd=detection_dir: sanitize.log_sanitize(
+                holder, run_dir, d, dd
+            ),
         )
-
-
-def _logged(client: Any, exp_id: str, kind: str, run_dir: Path, digest: str) -> bool:
-    found = tracking.find_run(client, exp_id, kind, run_dir, digest)
-    return found is not None and found.info.status == "FINISHED"
 
 
 def main(cfg: DictConfig) -> None:

@@ -480,6 +480,9 @@ def run_tags(run_cfg: DictConfig | dict[str, Any], metadata: dict[str, Any]) -> 
     }
 
 
+SEARCH = object()  # start(found=...) default: look the run up in the store
+
+
 def find_run(client: Any, experiment_id: str, kind: str, run_dir: Path, config_digest: str) -> Any:
     """The MLflow run already recording (kind, run dir, config digest), or None."""
     rd = str(Path(run_dir).resolve())
@@ -504,6 +507,7 @@ def _open_run(
     config_digest: str,
     parent_run_id: str | None,
     recorded_uri: str | None,
+    found: Any = SEARCH,
 ) -> MlflowTracker | Tracker:
     try:
         runs_root = cfg.get("runs_root") or run_cfg.get("runs_root")
@@ -511,7 +515,9 @@ def _open_run(
         if recorded_uri is not None and uri != recorded_uri:
             parent_run_id = None  # the training run lives in another store
         client, exp_id = open_experiment(cfg.tracking, uri)
-        existing = find_run(client, exp_id, kind, run_dir, config_digest)
+        existing = (
+            find_run(client, exp_id, kind, run_dir, config_digest) if found is SEARCH else found
+        )
         if existing is not None:
             run_id = existing.info.run_id
             client.update_run(run_id, status="RUNNING")
@@ -545,13 +551,17 @@ def start(
     run_cfg: DictConfig | None = None,
     parent_run_id: str | None = None,
     recorded_uri: str | None = None,
+    found: Any = SEARCH,
 ) -> Iterator[Tracker]:
     """Track the work inside the block as one MLflow run of ``kind``.
 
     ``cfg`` holds ``tracking`` (and ``runs_root`` for the default store); ``run_cfg`` (default
     ``cfg``) is the training config the run belongs to, for its name, tags and params. The MLflow
     run recording the same (kind, run_dir, config_digest) is reused; it ends FINISHED, or FAILED
-    when the block raises. With tracking off (or an unusable store) the tracker does nothing.
+    when the block raises. A caller that has just looked that run up in the same store
+    (:func:`find_run`, as ``sync`` does) passes what it found, or None, as ``found``, and the
+    store is not searched twice. With tracking off (or an unusable store) the tracker does
+    nothing.
     """
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r} is invalid: expected one of {list(KINDS)}")
@@ -567,6 +577,7 @@ def start(
         config_digest,
         parent_run_id,
         recorded_uri,
+        found,
     )
     tracker.elapsed_s = time.perf_counter() - t0
     try:
@@ -602,14 +613,21 @@ def _timed(fn):  # noqa: ANN001, ANN202 - a decorator for the log_*_run(tracker,
 
 # --------------------------------------------------------------------------------------- run dirs
 @_timed
-def log_train_run(tracker: Tracker, run_dir: str | Path, log_model: bool = False) -> None:
+def log_train_run(
+    tracker: Tracker,
+    run_dir: str | Path,
+    log_model: bool = False,
+    run_cfg: DictConfig | None = None,
+) -> None:
     """Log a completed training run directory: tags, per-epoch history, final metrics, artifacts,
-    confusion matrices, the dataset input; then record the MLflow run id in run_metadata.json."""
+    confusion matrices, the dataset input; then record the MLflow run id in run_metadata.json.
+    ``run_cfg``: the run's resolved config when the caller has it loaded already."""
     if tracker.run_id is None:
         return
     run_dir = Path(run_dir)
     metadata = read_json(run_dir / rundir.METADATA_FILE)
-    run_cfg = OmegaConf.load(run_dir / rundir.RESOLVED_CONFIG_FILE)
+    if run_cfg is None:
+        run_cfg = OmegaConf.load(run_dir / rundir.RESOLVED_CONFIG_FILE)
     tracker.set_tags(run_tags(run_cfg, metadata))
     history = run_dir / "history.csv"
     if history.exists():
@@ -635,16 +653,23 @@ def log_train_run(tracker: Tracker, run_dir: str | Path, log_model: bool = False
 
 @_timed
 def log_stage_run(
-    tracker: Tracker, run_dir: str | Path, metrics: dict[str, Any], files: Iterable[Path]
+    tracker: Tracker,
+    run_dir: str | Path,
+    metrics: dict[str, Any],
+    files: Iterable[Path],
+    run_cfg: DictConfig | None = None,
 ) -> None:
     """Log what a later stage (eval, detect, sanitize) made of training run ``run_dir``: the
-    training run's tags, the stage's numeric metrics (nested keys dotted) and its files."""
+    training run's tags, the stage's numeric metrics (nested keys dotted) and its files.
+    ``run_cfg``: the training run's resolved config when the caller has it loaded already."""
     if tracker.run_id is None:
         return
     run_dir = Path(run_dir)
+    if run_cfg is None:
+        run_cfg = OmegaConf.load(run_dir / rundir.RESOLVED_CONFIG_FILE)
     tracker.set_tags(
         run_tags(
-            OmegaConf.load(run_dir / rundir.RESOLVED_CONFIG_FILE),
+            run_cfg,
             read_json(run_dir / rundir.METADATA_FILE),
         )
     )
