@@ -35,7 +35,7 @@ The projection for the full thesis_grid (288 poisoned runs + 72 clean references
 by the workers.
 
     python benchmarks/sweep.py [--workers 1 2] [--grids demo thesis_slice] [--keep DIR]
-                               [--sweep-logging launcher|jobs]
+                               [--sweep-logging launcher|jobs] [--repeats N]
     python benchmarks/sweep.py --epochs 2 --dev-size 1000 --no-calibrate     # a quick check
 
 With ``--keep DIR`` finished sweeps are saved in ``DIR/sweeps.json`` and reused, so the 1-worker
@@ -49,11 +49,14 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from scipy import stats
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -147,9 +150,11 @@ def sweep(
     data_dir: Path,
     root: Path,
     sweep_logging: str = "launcher",
+    repeat: int = 0,
 ) -> dict:
     mode = f"-{sweep_logging}" if tracking == "mlflow" else ""
-    runs_root = root / f"{grid}-w{workers}-{tracking}{mode}"
+    again = f"-r{repeat}" if repeat else ""
+    runs_root = root / f"{grid}-w{workers}-{tracking}{mode}{again}"
     args = [
         *GRIDS[grid],
         *common,
@@ -213,16 +218,19 @@ def logged_seconds(text: str, what: str) -> list[float]:
 
 
 def saved_key(row: dict) -> tuple:
-    """(grid, workers, tracking, sweep_logging) of a measured sweep (rows saved before
-    tracking.sweep_logging existed were logged by the jobs)."""
+    """(grid, workers, tracking, sweep_logging, repeat) of a measured sweep (rows saved before
+    tracking.sweep_logging existed were logged by the jobs; before --repeats, repeat 0)."""
     mode = row.get("sweep_logging", "jobs") if row["tracking"] == "mlflow" else None
-    return (row["grid"], row["workers"], row["tracking"], mode)
+    return (row["grid"], row["workers"], row["tracking"], mode, row.get("repeat", 0))
 
 
-def find(rows: list[dict], grid: str, workers: int, tracking: str) -> dict:
-    """The measured sweep of (grid, workers, tracking)."""
+def find(rows: list[dict], grid: str, workers: int, tracking: str, repeat: int = 0) -> dict:
+    """The measured sweep of (grid, workers, tracking), repeat ``repeat``."""
     return next(
-        r for r in rows if (r["grid"], r["workers"], r["tracking"]) == (grid, workers, tracking)
+        r
+        for r in rows
+        if (r["grid"], r["workers"], r["tracking"], r.get("repeat", 0))
+        == (grid, workers, tracking, repeat)
     )
 
 
@@ -271,6 +279,13 @@ def main() -> None:
         default="launcher",
         help="who logs the tracked sweeps' runs (tracking.sweep_logging)",
     )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="measure each (grid, workers) pair of sweeps this many times, interleaved "
+        "(none, mlflow, none, mlflow, ...), and print every pair's overhead and their median",
+    )
     a = p.parse_args()
     common = ["trainer.progress=false"]
     if a.epochs is not None:
@@ -298,43 +313,66 @@ def main() -> None:
         rows = []
         for grid in a.grids:
             for workers in a.workers:
-                for tracking in ("none", "mlflow"):
-                    mode = a.sweep_logging if tracking == "mlflow" else None
-                    key = (grid, workers, tracking, mode)
-                    r = next((d for d in done if saved_key(d) == key), None)
-                    if r is None:
-                        r = {
-                            **sweep(
-                                grid,
-                                workers,
-                                tracking,
-                                common,
-                                grid_data_dir(root, grid),
-                                root,
-                                a.sweep_logging,
-                            ),
-                            "common": common,
-                        }
-                        done.append(r)
-                        saved.write_text(json.dumps(done, indent=1))
-                    rows.append(r)
-                    print(
-                        f"{grid:>13s} workers={workers} tracking={tracking:<6s} runs={r['runs']:3d} "
-                        f"wall={r['wall_s']:7.1f}s  {60 * r['runs'] / r['wall_s']:6.1f} runs/min",
-                        flush=True,
-                    )
+                for repeat in range(a.repeats):
+                    for tracking in ("none", "mlflow"):
+                        mode = a.sweep_logging if tracking == "mlflow" else None
+                        key = (grid, workers, tracking, mode, repeat)
+                        r = next((d for d in done if saved_key(d) == key), None)
+                        if r is None:
+                            r = {
+                                **sweep(
+                                    grid,
+                                    workers,
+                                    tracking,
+                                    common,
+                                    grid_data_dir(root, grid),
+                                    root,
+                                    a.sweep_logging,
+                                    repeat,
+                                ),
+                                "common": common,
+                                "repeat": repeat,
+                            }
+                            done.append(r)
+                            saved.write_text(json.dumps(done, indent=1))
+                        rows.append(r)
+                        print(
+                            f"{grid:>13s} workers={workers} tracking={tracking:<6s} "
+                            f"repeat={repeat} runs={r['runs']:3d} wall={r['wall_s']:7.1f}s  "
+                            f"{60 * r['runs'] / r['wall_s']:6.1f} runs/min",
+                            flush=True,
+                        )
         pairs = [
-            (grid, workers, *(find(rows, grid, workers, t) for t in ("none", "mlflow")))
+            (grid, workers, *(find(rows, grid, workers, t, i) for t in ("none", "mlflow")))
             for grid in a.grids
             for workers in a.workers
+            for i in range(a.repeats)
         ]
         print("\ntracking overhead, wall(mlflow) / wall(none) - 1 (target < 5%):")
-        for grid, workers, none, mlf in pairs:
-            over = mlf["wall_s"] / none["wall_s"] - 1
-            per_run = (mlf["wall_s"] - none["wall_s"]) * workers / max(mlf["runs"], 1)
-            print(
-                f"{grid:>13s} workers={workers}: {100 * over:+6.1f}%  (~{per_run:.1f} s per run per worker)"
-            )
+        for grid in a.grids:
+            for workers in a.workers:
+                cell = [(n, m) for g, w, n, m in pairs if (g, w) == (grid, workers)]
+                overs = [m["wall_s"] / n["wall_s"] - 1 for n, m in cell]
+                runs = max(cell[0][1]["runs"], 1)
+                per_run = [(m["wall_s"] - n["wall_s"]) * workers / runs for n, m in cell]
+                summary = f"{100 * overs[0]:+6.1f}%  "
+                if len(overs) > 1:
+                    # the walls of two identical sweeps differ by several percent on a shared
+                    # machine: the pairs' spread says how far one pair can be trusted
+                    low, high = stats.t.interval(
+                        0.95, len(overs) - 1, loc=statistics.mean(overs), scale=stats.sem(overs)
+                    )
+                    total = sum(m["wall_s"] for _, m in cell) / sum(n["wall_s"] for n, _ in cell)
+                    summary = (
+                        f"median {100 * statistics.median(overs):+.1f}% of {len(overs)} pairs "
+                        f"({', '.join(f'{100 * o:+.1f}%' for o in overs)}); mean "
+                        f"{100 * statistics.mean(overs):+.1f}% (95% CI {100 * low:+.1f}% to "
+                        f"{100 * high:+.1f}%); summed walls {100 * (total - 1):+.1f}%; "
+                    )
+                print(
+                    f"{grid:>13s} workers={workers}: {summary}"
+                    f"(~{statistics.median(per_run):.1f} s per run per worker)"
+                )
         print(
             f"\ntime inside MLflow (sweep_logging={a.sweep_logging}), timed by the tracked sweep "
             "itself, whichever process spent it (the store's preparation in the launching "
