@@ -44,6 +44,11 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"
 
 
+# Entry points whose multiruns log from the launching process (conf/{name}.yaml registers
+# sweep.SweepCallback): their sweep logger is forked before Hydra composes the sweep.
+PREWARM_SWEEP_LOGGER = ("train",)
+
+
 def hydra_entry(
     config_name: str,
     fn: Callable[[DictConfig], Any],
@@ -67,4 +72,8 @@ def hydra_entry(
             print(f"{prog}: error: {one_line(e)}", file=sys.stderr, flush=True)
             raise SystemExit(1) from None
 
+    if config_name in PREWARM_SWEEP_LOGGER:
+        from backdoor_study import sweep
+
+        sweep.prewarm(sys.argv[1:])
     main()

@@ -11,7 +11,9 @@ launching process, whichever launcher runs the jobs (basic, joblib, submitit loc
     a :class:`SweepLogger` beside the launching process (a process forked from it on Linux, else
     a thread of it) creates the store, then logs each recorded run directory with ``sync``'s code
     (:func:`backdoor_study.sync.log_run_dir`) while the other jobs train. MLflow and matplotlib
-    are imported once per sweep, not once per worker.
+    are imported once per sweep, not once per worker, and on Linux before the sweep starts: the
+    entry point forks the logger's process as soon as the command line asks for a multirun
+    (:func:`prewarm`), so it imports them while Hydra composes the sweep on the other core.
   - ``jobs``: the store and experiment are created now, before any job starts (parallel workers
     racing to create a fresh SQLite store break it), and every job logs its own run live.
 
@@ -209,7 +211,7 @@ class SweepLogger:
 
     ``elapsed_s``: seconds spent on the records (reading run directories, MLflow calls, figures;
     the store's preparation is logged on its own ``tracking-time store`` line). ``cpu_s``: the
-    logger's CPU seconds, store included. ``error``: the exception that stopped it, if any."""
+    logger's CPU seconds, store included (and a prewarmed process's imports, :func:`prewarm`). ``error``: the exception that stopped it, if any."""
 
     THREAD_NAME = "sweep-logging"
 
@@ -226,10 +228,18 @@ class SweepLogger:
         self.cpu_s = 0.0
         self.error: BaseException | None = None
         self.store_ok: bool | None = None  # None: not prepared yet
+        self._cpu_before = 0.0  # a prewarmed process's CPU seconds before the sweep started
         self._stores: dict[tuple[str, str], tuple[Any, str]] = {}
         self._launcher_pid = os.getpid()
         self.process = sys.platform.startswith("linux") if process is None else process
-        if self.process:
+        self._prewarmed = _take_prewarmed() if self.process else None
+        if self._prewarmed is not None:  # forked before Hydra composed the sweep: see prewarm()
+            self._worker = self._prewarmed.process
+            self._stop = self._prewarmed.stop
+            self._summary = self._prewarmed.summary
+            self._log_records = self._prewarmed.log_records
+            self._relay = threading.Thread(target=self._relay_logs, daemon=True)
+        elif self.process:
             ctx = multiprocessing.get_context("fork")
             self._stop: Any = ctx.Event()
             self._summary, self._summary_out = ctx.Pipe(duplex=False)
@@ -243,7 +253,11 @@ class SweepLogger:
             self._worker = threading.Thread(target=self._run, name=self.THREAD_NAME, daemon=True)
 
     def start(self) -> None:
-        self._worker.start()
+        if self._prewarmed is not None:
+            self._prewarmed.go.send((self.config, self.folder, self.poll_s, _log_levels()))
+            self._prewarmed.go.close()
+        else:
+            self._worker.start()
         if self.process:
             self._relay.start()
 
@@ -283,14 +297,15 @@ class SweepLogger:
         )
 
     # ------------------------------------------------------------------ the forked process
-    def _child(self) -> None:
+    def _child(self, forked_now: bool = True) -> None:
         """The forked process: log, then send what it did to the launching process."""
-        _after_fork(self._log_records)
-        # below the jobs in the scheduler's order: where every core trains, logging takes the
-        # idle moments (a job starting, waiting on a lock, the sweep's tail) rather than a share
-        # of the training; an idle core it uses at full speed
-        with contextlib.suppress(OSError):
-            os.nice(LOGGER_NICENESS)
+        if forked_now:
+            _after_fork(self._log_records)
+            # below the jobs in the scheduler's order: where every core trains, logging takes
+            # the idle moments (a job starting, waiting on a lock, the sweep's tail) rather than
+            # a share of the training; an idle core it uses at full speed
+            with contextlib.suppress(OSError):
+                os.nice(LOGGER_NICENESS)
         try:
             self._run()
         finally:
@@ -305,6 +320,40 @@ class SweepLogger:
             )
             self._log_records.close()
             self._log_records.join_thread()  # every log line is handed over before exiting
+
+    @classmethod
+    def _prewarmed_child(cls, warm: _Prewarmed) -> None:
+        """The prewarmed process (see :func:`prewarm`): import what logging needs while the
+        launching process composes the sweep, then wait for the logger's settings and log as a
+        forked logger does; end when told to (None), or when the launching process is gone."""
+        _after_fork(warm.log_records)
+        with contextlib.suppress(OSError):
+            os.nice(LOGGER_NICENESS)
+        cpu0 = time.thread_time()
+        try:
+            _import_logging_modules()
+        except Exception:  # noqa: BLE001 - imported again where used, and reported there
+            pass
+        imports_cpu_s = time.thread_time() - cpu0
+        while not warm.go_in.poll(0.5):
+            if os.getppid() != warm.launcher_pid:
+                return
+        try:
+            settings = warm.go_in.recv()
+        except EOFError:
+            return
+        if settings is None:
+            return
+        config, folder, poll_s, levels = settings
+        for name, level in levels.items():  # as the launching process has set them since
+            logging.getLogger(name or None).setLevel(level)
+        logger = cls(config, folder, poll_s, process=False)
+        logger._launcher_pid = warm.launcher_pid
+        logger._stop = warm.stop
+        logger._summary_out = warm.summary_out
+        logger._log_records = warm.log_records
+        logger._cpu_before = imports_cpu_s
+        logger._child(forked_now=False)
 
     def _collect(self) -> None:
         """Wait for the forked process's summary and its end, then stop relaying its log lines."""
@@ -356,7 +405,7 @@ class SweepLogger:
             self.error = e
             log.exception("MLflow logging of the sweep failed")
         finally:
-            self.cpu_s = time.thread_time() - cpu0
+            self.cpu_s = time.thread_time() - cpu0 + self._cpu_before
 
     def log_records(self) -> None:
         """Log every run recorded so far (oldest first) and delete its record."""
@@ -394,6 +443,95 @@ class SweepLogger:
 
 # What the forked logger sends back to the launching process.
 _SUMMARY = ("logged", "already", "unlogged", "elapsed_s", "cpu_s", "error", "store_ok")
+
+
+class _Prewarmed:
+    """A sweep logger's process forked early (:func:`prewarm`), waiting for its settings."""
+
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self.launcher_pid = os.getpid()
+        self.go_in, self.go = ctx.Pipe(duplex=False)  # the settings, or None: not needed
+        self.stop = ctx.Event()
+        self.summary, self.summary_out = ctx.Pipe(duplex=False)
+        self.log_records = ctx.Queue()
+        self.process = ctx.Process(
+            target=SweepLogger._prewarmed_child,
+            args=(self,),
+            name=SweepLogger.THREAD_NAME,
+            daemon=True,  # ended with the launching process, like the logger it becomes
+        )
+        self.process.start()
+
+    def dismiss(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.go.send(None)
+            self.go.close()
+        self.process.join(timeout=5)
+
+
+_prewarmed: _Prewarmed | None = None
+
+
+def prewarm(argv: list[str]) -> bool:
+    """Fork the sweep's logger before Hydra composes a multirun (from an entry point, ``argv`` its
+    command line), so that importing MLflow, its store's models and matplotlib (~1.4 s of CPU)
+    happens while the launching process composes the sweep on one core and the other is idle,
+    not later beside the training jobs. :class:`SweepLogger` adopts it; a sweep that does not
+    log from the launcher dismisses it (``on_multirun_start``), and it ends by itself if the
+    launching process is gone. Linux only (a fork), and only where the command line asks for a
+    multirun and does not turn tracking off or over to the jobs; whether one was forked."""
+    global _prewarmed
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    off = {"tracking=none", "tracking.sweep_logging=jobs", "tracking.name=none"}
+    if (
+        _prewarmed is not None
+        or not multirun
+        or not sys.platform.startswith("linux")
+        or any(a in off for a in argv)
+        or os.environ.get(tracking.TRACKING_ENV, "").lower() == "none"
+    ):
+        return False
+    _prewarmed = _Prewarmed()
+    return True
+
+
+def _log_levels() -> dict[str, int]:
+    """The levels set on this process's loggers ("" the root)."""
+    levels = {"": logging.getLogger().level}
+    for name, logger in logging.Logger.manager.loggerDict.items():
+        if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET:
+            levels[name] = logger.level
+    return levels
+
+
+def _take_prewarmed() -> _Prewarmed | None:
+    """The prewarmed logger process for this sweep (once), if it is still waiting."""
+    global _prewarmed
+    warm, _prewarmed = _prewarmed, None
+    if warm is None or warm.launcher_pid != os.getpid() or not warm.process.is_alive():
+        return None
+    return warm
+
+
+def dismiss_prewarmed() -> None:
+    """End a prewarmed logger process that this sweep does not need."""
+    warm = _take_prewarmed()
+    if warm is not None:
+        warm.dismiss()
+
+
+def _import_logging_modules() -> None:
+    """What the sweep's logger imports to log a run (MLflow, its SQL store, matplotlib, sync)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.figure  # noqa: F401
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+    import mlflow.tracking  # noqa: F401
+    import sklearn.metrics  # noqa: F401
+
+    from backdoor_study import sync  # noqa: F401
 
 
 def _after_fork(log_records: Any) -> None:
@@ -449,6 +587,7 @@ class SweepCallback(Callback):
             os.environ[LOGGING_ENV] = "launcher"
             self.logger.start()  # prepares the store while the first jobs start
         else:
+            dismiss_prewarmed()
             tracking.prepare_store(config)
 
     def __getstate__(self) -> dict[str, Any]:

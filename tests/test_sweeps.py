@@ -226,27 +226,34 @@ import os, sys, time
 from pathlib import Path
 from omegaconf import OmegaConf
 from backdoor_study import sweep
-root = Path(sys.argv[1])
+root, how = Path(sys.argv[1]), sys.argv[2]
 tracking = {"name": "mlflow", "uri": f"sqlite:///{root}/mlflow.db", "experiment": "orphan",
             "log_model": False, "http_timeout_s": 10, "http_retries": 1,
             "sweep_logging": "launcher"}
-logger = sweep.SweepLogger(OmegaConf.create({"tracking": tracking, "runs_root": str(root)}),
-                           root / "records", poll_s=0.1, process=True)
-logger.start()
-print(logger._worker.pid, flush=True)
+if how != "forked":
+    assert sweep.prewarm(["-m", "seed=1,2"])
+if how == "prewarmed, never adopted":  # killed while Hydra composes the sweep
+    print(sweep._prewarmed.process.pid, flush=True)
+else:
+    logger = sweep.SweepLogger(OmegaConf.create({"tracking": tracking, "runs_root": str(root)}),
+                               root / "records", poll_s=0.1, process=True)
+    logger.start()
+    print(logger._worker.pid, flush=True)
 time.sleep(0.5)
 os._exit(0)  # killed: no on_multirun_end, no atexit
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the forked logger is Linux's")
-def test_a_forked_logger_ends_when_its_launching_process_is_killed(tmp_path):
-    """An interrupted sweep must not leave its logger polling for ever."""
+@pytest.mark.parametrize("how", ["forked", "prewarmed", "prewarmed, never adopted"])
+def test_a_forked_logger_ends_when_its_launching_process_is_killed(tmp_path, how):
+    """An interrupted sweep must not leave its logger polling (or a prewarmed logger waiting
+    for its settings) for ever."""
     import time
 
     env = {k: v for k, v in os.environ.items() if k != tracking.TRACKING_ENV}
     proc = subprocess.Popen(
-        [sys.executable, "-c", ORPHAN, str(tmp_path)],
+        [sys.executable, "-c", ORPHAN, str(tmp_path), how],
         cwd=REPO_ROOT,
         env=env | {"MLFLOW_DISABLE_TELEMETRY": "true"},
         stdout=subprocess.PIPE,
@@ -268,3 +275,29 @@ def test_a_forked_logger_ends_when_its_launching_process_is_killed(tmp_path):
         time.sleep(0.2)
     os.kill(pid, 9)
     pytest.fail(f"the forked logger (pid {pid}) outlived its launching process by 30 s")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the forked logger is Linux's")
+def test_the_sweep_logger_is_prewarmed_only_for_a_tracked_multirun_and_dismissed_unused(
+    monkeypatch,
+):
+    """sweep_mod.prewarm forks only where the command line asks for a multirun that the launching
+    process logs; a sweep that does not use it (here: jobs logging) ends it at its start."""
+    from backdoor_study import sweep as sweep_mod
+
+    monkeypatch.delenv(tracking.TRACKING_ENV, raising=False)
+    for argv in (
+        ["model=mlp"],  # a single run
+        ["-m", "seed=1,2", "tracking=none"],
+        ["--multirun", "seed=1,2", "tracking.sweep_logging=jobs"],
+    ):
+        assert not sweep_mod.prewarm(argv), argv
+    monkeypatch.setenv(tracking.TRACKING_ENV, "none")
+    assert not sweep_mod.prewarm(["-m", "seed=1,2"])
+    monkeypatch.delenv(tracking.TRACKING_ENV)
+    assert sweep_mod.prewarm(["--multirun", "seed=1,2"])
+    assert not sweep_mod.prewarm(["--multirun", "seed=1,2"])  # one per launching process
+    warm = sweep_mod._prewarmed.process
+    assert warm.is_alive()
+    sweep_mod.dismiss_prewarmed()
+    assert sweep_mod._prewarmed is None and not warm.is_alive() and warm.exitcode == 0

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import sqlite3
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -320,17 +321,32 @@ def test_eval_tracking_time_counts_each_second_once(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------------------- sweeps
-@pytest.mark.parametrize("process", [True, False], ids=["forked process", "thread"])
+@pytest.mark.parametrize(
+    "process",
+    [
+        True,
+        False,
+        pytest.param(
+            "prewarmed",
+            marks=pytest.mark.skipif(
+                not sys.platform.startswith("linux"), reason="the forked logger is Linux's"
+            ),
+        ),
+    ],
+    ids=["forked process", "thread", "prewarmed process"],
+)
 def test_the_launching_process_logs_recorded_runs_as_train_and_eval_would(
     cohort, store, tmp_path, monkeypatch, caplog, process
 ):
     """tracking.sweep_logging=launcher: jobs leave records, the launching process's SweepLogger
-    (a forked process on Linux, a thread elsewhere) logs each recorded run (here a training run
-    and its eval, the eval a child of the training run) with sync's code; the same records again
-    add nothing. The forked logger's counts and log lines reach the launching process."""
+    (a forked process on Linux, a thread elsewhere; or the process forked before Hydra composed
+    the sweep, sweep.prewarm) logs each recorded run (here a training run and its eval, the eval
+    a child of the training run) with sync's code; the same records again add nothing. The
+    forked logger's counts and log lines reach the launching process."""
     from backdoor_study import sweep
 
-    experiment = f"launcher-{'process' if process else 'thread'}"  # the store is the module's
+    # the store is the module's
+    experiment = f"launcher-{ {True: 'process', False: 'thread'}.get(process, process) }"
     cfg = make_cfg(
         "train", cohort, tmp_path, "trigger=rare_value", "poison_rate=0.05",
         f"tracking.uri={store}", f"tracking.experiment={experiment}",
@@ -346,7 +362,13 @@ def test_the_launching_process_logs_recorded_runs_as_train_and_eval_would(
     assert len(list(folder.glob("*.json"))) == 2
 
     caplog.set_level(logging.INFO, logger="backdoor_study")
+    warm = None
+    if process == "prewarmed":
+        assert sweep.prewarm(["-m", "seed=1,2"])
+        warm, process = sweep._prewarmed.process, True
     logger = sweep.SweepLogger(cfg, folder, poll_s=0.05, process=process)
+    if warm is not None:
+        assert logger._worker is warm and sweep._prewarmed is None  # adopted, once
     logger.start()
     logger.stop()
     assert logger.error is None and (logger.logged, logger.already) == (2, 0)
