@@ -211,7 +211,8 @@ class SweepLogger:
 
     ``elapsed_s``: seconds spent on the records (reading run directories, MLflow calls, figures;
     the store's preparation is logged on its own ``tracking-time store`` line). ``cpu_s``: the
-    logger's CPU seconds, store included (and a prewarmed process's imports, :func:`prewarm`). ``error``: the exception that stopped it, if any."""
+    logger's CPU seconds, store included (and a prewarmed process's imports, :func:`prewarm`).
+    ``error``: the exception that stopped it, if any."""
 
     THREAD_NAME = "sweep-logging"
 
@@ -240,23 +241,34 @@ class SweepLogger:
             self._log_records = self._prewarmed.log_records
             self._relay = threading.Thread(target=self._relay_logs, daemon=True)
         elif self.process:
-            ctx = multiprocessing.get_context("fork")
-            self._stop: Any = ctx.Event()
-            self._summary, self._summary_out = ctx.Pipe(duplex=False)
-            self._log_records: Any = ctx.Queue()
-            # daemon: an interrupted sweep (no on_multirun_end) does not wait on it at exit; a
-            # run left half-logged is completed by the next sweep or sync (logging is idempotent)
-            self._worker: Any = ctx.Process(target=self._child, name=self.THREAD_NAME, daemon=True)
-            self._relay = threading.Thread(target=self._relay_logs, daemon=True)
+            self._fork_setup()
         else:
             self._stop = threading.Event()
             self._worker = threading.Thread(target=self._run, name=self.THREAD_NAME, daemon=True)
 
+    def _fork_setup(self) -> None:
+        """The forked logger's process (not started yet) and its channels."""
+        ctx = multiprocessing.get_context("fork")
+        self._stop: Any = ctx.Event()
+        self._summary, self._summary_out = ctx.Pipe(duplex=False)
+        self._log_records: Any = ctx.Queue()
+        # daemon: an interrupted sweep (no on_multirun_end) does not wait on it at exit; a run
+        # left half-logged is completed by the next sweep or sync (logging is idempotent)
+        self._worker: Any = ctx.Process(target=self._child, name=self.THREAD_NAME, daemon=True)
+        self._relay = threading.Thread(target=self._relay_logs, daemon=True)
+
     def start(self) -> None:
+        started = False
         if self._prewarmed is not None:
-            self._prewarmed.go.send((self.config, self.folder, self.poll_s, _log_levels()))
-            self._prewarmed.go.close()
-        else:
+            try:
+                self._prewarmed.go.send((self.config, self.folder, self.poll_s, _log_levels()))
+                self._prewarmed.go.close()
+                started = True
+            except OSError as e:  # it ended meanwhile: fork a logger now, as without it
+                log.debug("prewarmed sweep logger gone (%s); forking one", e)
+                self._prewarmed = None
+                self._fork_setup()
+        if not started:
             self._worker.start()
         if self.process:
             self._relay.start()
@@ -326,6 +338,7 @@ class SweepLogger:
         """The prewarmed process (see :func:`prewarm`): import what logging needs while the
         launching process composes the sweep, then wait for the logger's settings and log as a
         forked logger does; end when told to (None), or when the launching process is gone."""
+        warm.go.close()  # the launching process's end
         _after_fork(warm.log_records)
         with contextlib.suppress(OSError):
             os.nice(LOGGER_NICENESS)
@@ -462,6 +475,7 @@ class _Prewarmed:
             daemon=True,  # ended with the launching process, like the logger it becomes
         )
         self.process.start()
+        self.go_in.close()  # the child's end: a child that is gone makes send() fail here
 
     def dismiss(self) -> None:
         with contextlib.suppress(OSError, ValueError):

@@ -326,14 +326,17 @@ def test_eval_tracking_time_counts_each_second_once(tmp_path, monkeypatch):
     [
         True,
         False,
-        pytest.param(
-            "prewarmed",
-            marks=pytest.mark.skipif(
-                not sys.platform.startswith("linux"), reason="the forked logger is Linux's"
-            ),
+        *(
+            pytest.param(
+                how,
+                marks=pytest.mark.skipif(
+                    not sys.platform.startswith("linux"), reason="the forked logger is Linux's"
+                ),
+            )
+            for how in ("prewarmed", "prewarmed, gone before the sweep")
         ),
     ],
-    ids=["forked process", "thread", "prewarmed process"],
+    ids=["forked process", "thread", "prewarmed process", "prewarmed process gone"],
 )
 def test_the_launching_process_logs_recorded_runs_as_train_and_eval_would(
     cohort, store, tmp_path, monkeypatch, caplog, process
@@ -346,7 +349,8 @@ def test_the_launching_process_logs_recorded_runs_as_train_and_eval_would(
     from backdoor_study import sweep
 
     # the store is the module's
-    experiment = f"launcher-{ {True: 'process', False: 'thread'}.get(process, process) }"
+    names = {True: "process", False: "thread", "prewarmed": "prewarmed"}
+    experiment = f"launcher-{names.get(process, 'prewarmed-gone')}"
     cfg = make_cfg(
         "train", cohort, tmp_path, "trigger=rare_value", "poison_rate=0.05",
         f"tracking.uri={store}", f"tracking.experiment={experiment}",
@@ -362,13 +366,16 @@ def test_the_launching_process_logs_recorded_runs_as_train_and_eval_would(
     assert len(list(folder.glob("*.json"))) == 2
 
     caplog.set_level(logging.INFO, logger="backdoor_study")
-    warm = None
-    if process == "prewarmed":
+    warm, how = None, process
+    if str(process).startswith("prewarmed"):
         assert sweep.prewarm(["-m", "seed=1,2"])
         warm, process = sweep._prewarmed.process, True
     logger = sweep.SweepLogger(cfg, folder, poll_s=0.05, process=process)
     if warm is not None:
         assert logger._worker is warm and sweep._prewarmed is None  # adopted, once
+    if how == "prewarmed, gone before the sweep":  # then a logger is forked as without it
+        warm.terminate()
+        warm.join()
     logger.start()
     logger.stop()
     assert logger.error is None and (logger.logged, logger.already) == (2, 0)
