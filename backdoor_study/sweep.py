@@ -202,8 +202,9 @@ class SweepLogger:
     left in ``folder``, each with ``sync``'s code, until :meth:`stop`. A record is deleted once
     handled.
 
-    Where it runs: on Linux a process forked from the launching process (``process=True``), with
-    its log lines relayed to the launching process's handlers. A fork inherits every module
+    Where it runs: on Linux a process forked from the launching process (``process=True``, a
+    :class:`_LoggerProcess`: the one :func:`prewarm` forked, else one forked by :meth:`start`),
+    with its log lines relayed to the launching process's handlers. A fork inherits every module
     already imported, so it costs no start-up, and it does not share the launching process's
     GIL: with the basic launcher or joblib with one job the jobs train *in* the launching
     process, and a thread there (measured: demo preset, 1 worker, +18.6% wall) competes with
@@ -211,7 +212,7 @@ class SweepLogger:
 
     ``elapsed_s``: seconds spent on the records (reading run directories, MLflow calls, figures;
     the store's preparation is logged on its own ``tracking-time store`` line). ``cpu_s``: the
-    logger's CPU seconds, store included (and a prewarmed process's imports, :func:`prewarm`).
+    logger's CPU seconds, store included (and its process's imports before the settings came).
     ``error``: the exception that stopped it, if any."""
 
     THREAD_NAME = "sweep-logging"
@@ -229,49 +230,33 @@ class SweepLogger:
         self.cpu_s = 0.0
         self.error: BaseException | None = None
         self.store_ok: bool | None = None  # None: not prepared yet
-        self._cpu_before = 0.0  # a prewarmed process's CPU seconds before the sweep started
+        self._cpu_before = 0.0  # a logger process's CPU seconds before its settings came
         self._stores: dict[tuple[str, str], tuple[Any, str]] = {}
         self._launcher_pid = os.getpid()
         self.process = sys.platform.startswith("linux") if process is None else process
-        self._prewarmed = _take_prewarmed() if self.process else None
-        if self._prewarmed is not None:  # forked before Hydra composed the sweep: see prewarm()
-            self._worker = self._prewarmed.process
-            self._stop = self._prewarmed.stop
-            self._summary = self._prewarmed.summary
-            self._log_records = self._prewarmed.log_records
-            self._relay = threading.Thread(target=self._relay_logs, daemon=True)
-        elif self.process:
-            self._fork_setup()
-        else:
-            self._stop = threading.Event()
-            self._worker = threading.Thread(target=self._run, name=self.THREAD_NAME, daemon=True)
-
-    def _fork_setup(self) -> None:
-        """The forked logger's process (not started yet) and its channels."""
-        ctx = multiprocessing.get_context("fork")
-        self._stop: Any = ctx.Event()
-        self._summary, self._summary_out = ctx.Pipe(duplex=False)
-        self._log_records: Any = ctx.Queue()
-        # daemon: an interrupted sweep (no on_multirun_end) does not wait on it at exit; a run
-        # left half-logged is completed by the next sweep or sync (logging is idempotent)
-        self._worker: Any = ctx.Process(target=self._child, name=self.THREAD_NAME, daemon=True)
+        # the logger's process: forked before Hydra composed the sweep (prewarm), else at start()
+        self._proc: _LoggerProcess | None = _take_prewarmed() if self.process else None
+        self._stop: Any = threading.Event()  # a process's own is its _LoggerProcess's
+        self._thread = threading.Thread(target=self._run, name=self.THREAD_NAME, daemon=True)
         self._relay = threading.Thread(target=self._relay_logs, daemon=True)
 
+    @property
+    def _worker(self) -> Any:
+        """What logs: the logger's process, or (``process=False``) its thread."""
+        return self._proc.process if self.process else self._thread
+
     def start(self) -> None:
-        started = False
-        if self._prewarmed is not None:
-            try:
-                self._prewarmed.go.send((self.config, self.folder, self.poll_s, _log_levels()))
-                self._prewarmed.go.close()
-                started = True
-            except OSError as e:  # it ended meanwhile: fork a logger now, as without it
-                log.debug("prewarmed sweep logger gone (%s); forking one", e)
-                self._prewarmed = None
-                self._fork_setup()
-        if not started:
-            self._worker.start()
-        if self.process:
-            self._relay.start()
+        if not self.process:
+            self._thread.start()
+            return
+        settings = (self.config, self.folder, self.poll_s, _log_levels())
+        if self._proc is None or not self._proc.begin(settings):
+            # no prewarmed process (or it ended meanwhile): fork one now, which inherits what
+            # this process has imported
+            self._proc = _LoggerProcess()
+            self._proc.begin(settings)
+        self._stop = self._proc.stop
+        self._relay.start()
 
     def stop(self) -> None:
         """Log what the jobs recorded since the last pass, then end the logger; report."""
@@ -280,7 +265,7 @@ class SweepLogger:
         if self.process:
             self._collect()
         else:
-            self._worker.join()
+            self._thread.join()
         waited = time.perf_counter() - t0
         left = sorted(self.folder.glob("*.json")) if self.folder.is_dir() else []
         if self.error is not None:
@@ -308,16 +293,11 @@ class SweepLogger:
             waited,
         )
 
-    # ------------------------------------------------------------------ the forked process
-    def _child(self, forked_now: bool = True) -> None:
-        """The forked process: log, then send what it did to the launching process."""
-        if forked_now:
-            _after_fork(self._log_records)
-            # below the jobs in the scheduler's order: where every core trains, logging takes
-            # the idle moments (a job starting, waiting on a lock, the sweep's tail) rather than
-            # a share of the training; an idle core it uses at full speed
-            with contextlib.suppress(OSError):
-                os.nice(LOGGER_NICENESS)
+    # ------------------------------------------------------------------ the logger's process
+    def _serve(self, proc: _LoggerProcess) -> None:
+        """In the logger's process (``proc``'s): log until told to stop, then send what it did to
+        the launching process."""
+        self._launcher_pid, self._stop = proc.launcher_pid, proc.stop
         try:
             self._run()
         finally:
@@ -327,63 +307,29 @@ class SweepLogger:
                     pickle.dumps(error)
                 except Exception:  # noqa: BLE001 - an exception that cannot travel: its text does
                     error = RuntimeError(f"{type(error).__name__}: {error}")
-            self._summary_out.send(
+            proc.summary_out.send(
                 {k: getattr(self, k) for k in _SUMMARY if k != "error"} | {"error": error}
             )
-            self._log_records.close()
-            self._log_records.join_thread()  # every log line is handed over before exiting
-
-    @classmethod
-    def _prewarmed_child(cls, warm: _Prewarmed) -> None:
-        """The prewarmed process (see :func:`prewarm`): import what logging needs while the
-        launching process composes the sweep, then wait for the logger's settings and log as a
-        forked logger does; end when told to (None), or when the launching process is gone."""
-        warm.go.close()  # the launching process's end
-        _after_fork(warm.log_records)
-        with contextlib.suppress(OSError):
-            os.nice(LOGGER_NICENESS)
-        cpu0 = time.thread_time()
-        try:
-            _import_logging_modules()
-        except Exception:  # noqa: BLE001 - imported again where used, and reported there
-            pass
-        imports_cpu_s = time.thread_time() - cpu0
-        while not warm.go_in.poll(0.5):
-            if os.getppid() != warm.launcher_pid:
-                return
-        try:
-            settings = warm.go_in.recv()
-        except EOFError:
-            return
-        if settings is None:
-            return
-        config, folder, poll_s, levels = settings
-        for name, level in levels.items():  # as the launching process has set them since
-            logging.getLogger(name or None).setLevel(level)
-        logger = cls(config, folder, poll_s, process=False)
-        logger._launcher_pid = warm.launcher_pid
-        logger._stop = warm.stop
-        logger._summary_out = warm.summary_out
-        logger._log_records = warm.log_records
-        logger._cpu_before = imports_cpu_s
-        logger._child(forked_now=False)
+            proc.log_records.close()
+            proc.log_records.join_thread()  # every log line is handed over before exiting
 
     def _collect(self) -> None:
         """Wait for the forked process's summary and its end, then stop relaying its log lines."""
+        proc = self._proc
         summary = None
         while summary is None:
-            if self._summary.poll(0.1):
-                summary = self._summary.recv()
-            elif not self._worker.is_alive():
-                if self._summary.poll(0.1):
+            if proc.summary.poll(0.1):
+                summary = proc.summary.recv()
+            elif not proc.process.is_alive():
+                if proc.summary.poll(0.1):
                     continue
                 break
-        self._worker.join()
-        self._log_records.put(None)
+        proc.process.join()
+        proc.log_records.put(None)
         self._relay.join()
         if summary is None:
             self.error = RuntimeError(
-                f"the sweep's logging process ended with exit code {self._worker.exitcode} "
+                f"the sweep's logging process ended with exit code {proc.process.exitcode} "
                 "before it reported"
             )
             return
@@ -395,7 +341,7 @@ class SweepLogger:
         handlers (the console, Hydra's log file; pytest's capture), as lines of this thread, so
         a run's train.log (``train._RunLog``, which keeps its own thread's lines) never takes
         them."""
-        while (record := self._log_records.get()) is not None:
+        while (record := self._proc.log_records.get()) is not None:
             record.thread, record.threadName = threading.get_ident(), self.THREAD_NAME
             logging.getLogger(record.name).handle(record)
 
@@ -458,8 +404,12 @@ class SweepLogger:
 _SUMMARY = ("logged", "already", "unlogged", "elapsed_s", "cpu_s", "error", "store_ok")
 
 
-class _Prewarmed:
-    """A sweep logger's process forked early (:func:`prewarm`), waiting for its settings."""
+class _LoggerProcess:
+    """The process a :class:`SweepLogger` logs from (Linux), and its channels to the launching
+    process. Forked at once, it imports what logging needs (a process forked early, by
+    :func:`prewarm`, does so while Hydra composes the sweep), then waits for the logger's
+    settings (:meth:`begin`) and logs; it ends when told to (None, :meth:`dismiss`), or when the
+    launching process is gone."""
 
     def __init__(self) -> None:
         ctx = multiprocessing.get_context("fork")
@@ -468,14 +418,21 @@ class _Prewarmed:
         self.stop = ctx.Event()
         self.summary, self.summary_out = ctx.Pipe(duplex=False)
         self.log_records = ctx.Queue()
-        self.process = ctx.Process(
-            target=SweepLogger._prewarmed_child,
-            args=(self,),
-            name=SweepLogger.THREAD_NAME,
-            daemon=True,  # ended with the launching process, like the logger it becomes
-        )
+        # daemon: an interrupted sweep (no on_multirun_end) does not wait on it at exit; a run
+        # left half-logged is completed by the next sweep or sync (logging is idempotent)
+        self.process = ctx.Process(target=self._main, name=SweepLogger.THREAD_NAME, daemon=True)
         self.process.start()
         self.go_in.close()  # the child's end: a child that is gone makes send() fail here
+
+    def begin(self, settings: tuple) -> bool:
+        """Hand the process its logger's settings; False when it has ended."""
+        try:
+            self.go.send(settings)
+        except OSError as e:
+            log.debug("sweep logger process gone (%s)", e)
+            return False
+        self.go.close()
+        return True
 
     def dismiss(self) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -483,8 +440,39 @@ class _Prewarmed:
             self.go.close()
         self.process.join(timeout=5)
 
+    def _main(self) -> None:
+        """The forked process."""
+        self.go.close()  # the launching process's end
+        _after_fork(self.log_records)
+        # below the jobs in the scheduler's order: where every core trains, logging takes the
+        # idle moments (a job starting, waiting on a lock, the sweep's tail) rather than a share
+        # of the training; an idle core it uses at full speed
+        with contextlib.suppress(OSError):
+            os.nice(LOGGER_NICENESS)
+        cpu0 = time.thread_time()
+        try:
+            _import_logging_modules()
+        except Exception:  # noqa: BLE001 - imported again where used, and reported there
+            pass
+        imports_cpu_s = time.thread_time() - cpu0
+        while not self.go_in.poll(0.5):
+            if os.getppid() != self.launcher_pid:
+                return
+        try:
+            settings = self.go_in.recv()
+        except EOFError:
+            return
+        if settings is None:
+            return
+        config, folder, poll_s, levels = settings
+        for name, level in levels.items():  # as the launching process has set them since
+            logging.getLogger(name or None).setLevel(level)
+        logger = SweepLogger(config, folder, poll_s, process=False)
+        logger._cpu_before = imports_cpu_s
+        logger._serve(self)
 
-_prewarmed: _Prewarmed | None = None
+
+_prewarmed: _LoggerProcess | None = None
 
 
 def prewarm(argv: list[str]) -> bool:
@@ -506,7 +494,7 @@ def prewarm(argv: list[str]) -> bool:
         or os.environ.get(tracking.TRACKING_ENV, "").lower() == "none"
     ):
         return False
-    _prewarmed = _Prewarmed()
+    _prewarmed = _LoggerProcess()
     return True
 
 
@@ -519,7 +507,7 @@ def _log_levels() -> dict[str, int]:
     return levels
 
 
-def _take_prewarmed() -> _Prewarmed | None:
+def _take_prewarmed() -> _LoggerProcess | None:
     """The prewarmed logger process for this sweep (once), if it is still waiting."""
     global _prewarmed
     warm, _prewarmed = _prewarmed, None
