@@ -66,7 +66,9 @@ SWEEP_ENV = "BACKDOOR_STUDY_SWEEP_ID"
 # Set by the launching process when its SweepLogger logs the sweep's runs (jobs then defer).
 LOGGING_ENV = "BACKDOOR_STUDY_SWEEP_LOGGING"
 FAILURES_DIR = ".sweep_failures"
-LOGGER_NICENESS = 10  # added to the forked logger's niceness (os.nice)
+# The forked logger runs only on an idle core (SCHED_IDLE) while it keeps up with the jobs, and
+# at the jobs' own priority once this many finished runs wait for it (or the sweep has ended).
+LOGGER_CATCH_UP = 2
 FINISHED_DIR = ".sweep_finished"
 
 
@@ -231,6 +233,7 @@ class SweepLogger:
         self.error: BaseException | None = None
         self.store_ok: bool | None = None  # None: not prepared yet
         self._cpu_before = 0.0  # a logger process's CPU seconds before its settings came
+        self._yields = False  # in a forked logger process: it yields the cores to the jobs
         self._stores: dict[tuple[str, str], tuple[Any, str]] = {}
         self._launcher_pid = os.getpid()
         self.process = sys.platform.startswith("linux") if process is None else process
@@ -298,6 +301,7 @@ class SweepLogger:
         """In the logger's process (``proc``'s): log until told to stop, then send what it did to
         the launching process."""
         self._launcher_pid, self._stop = proc.launcher_pid, proc.stop
+        self._yields = True
         try:
             self._run()
         finally:
@@ -370,7 +374,10 @@ class SweepLogger:
         """Log every run recorded so far (oldest first) and delete its record."""
         if not self.folder.is_dir():
             return
-        for path in sorted(self.folder.glob("*.json"), key=_mtime):
+        paths = sorted(self.folder.glob("*.json"), key=_mtime)
+        for waiting, path in zip(range(len(paths), 0, -1), paths):
+            if self._yields:
+                _schedule(idle=waiting < LOGGER_CATCH_UP and not self._stop.is_set())
             t0 = time.perf_counter()
             try:
                 self._log(read_json(path))
@@ -445,10 +452,9 @@ class _LoggerProcess:
         self.go.close()  # the launching process's end
         _after_fork(self.log_records)
         # below the jobs in the scheduler's order: where every core trains, logging takes the
-        # idle moments (a job starting, waiting on a lock, the sweep's tail) rather than a share
-        # of the training; an idle core it uses at full speed
-        with contextlib.suppress(OSError):
-            os.nice(LOGGER_NICENESS)
+        # idle moments (a job starting, waiting on a lock) rather than a share of the training;
+        # an idle core it uses at full speed. log_records raises it again when runs pile up.
+        _schedule(idle=True)
         cpu0 = time.thread_time()
         try:
             _import_logging_modules()
@@ -521,6 +527,20 @@ def dismiss_prewarmed() -> None:
     warm = _take_prewarmed()
     if warm is not None:
         warm.dismiss()
+
+
+def _schedule(idle: bool) -> None:
+    """Put this process (the sweep's forked logger) under ``SCHED_IDLE`` (it runs only where a
+    core would otherwise idle) or back under the normal policy at its own niceness. An idle
+    logger that fell behind would leave a backlog for the sweep's end, logged on one core while
+    the other idles (measured at niceness +10, which cannot be undone without privileges: the
+    demo sweep's end waited 0.6-1.0 s); this one is raised as soon as ``LOGGER_CATCH_UP`` runs
+    wait, and the rest of its CPU is taken from the jobs while they run. Linux; a no-op where
+    the policy cannot be set."""
+    policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
+    with contextlib.suppress(OSError):
+        if os.sched_getscheduler(0) != policy:
+            os.sched_setscheduler(0, policy, os.sched_param(0))
 
 
 def _import_logging_modules() -> None:

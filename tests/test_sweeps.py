@@ -301,3 +301,48 @@ def test_the_sweep_logger_is_prewarmed_only_for_a_tracked_multirun_and_dismissed
     assert warm.is_alive()
     sweep_mod.dismiss_prewarmed()
     assert sweep_mod._prewarmed is None and not warm.is_alive() and warm.exitcode == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_IDLE is Linux's")
+def test_schedule_moves_a_process_to_idle_and_back():
+    """What the forked logger does to itself: SCHED_IDLE needs no privilege, and neither does
+    the way back (unlike a niceness, which cannot be lowered again)."""
+    from backdoor_study import sweep as sweep_mod
+
+    before = os.sched_getscheduler(0)
+    try:
+        sweep_mod._schedule(idle=True)
+        assert os.sched_getscheduler(0) == os.SCHED_IDLE
+        sweep_mod._schedule(idle=False)
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    finally:
+        os.sched_setscheduler(0, before, os.sched_param(0))
+
+
+@pytest.mark.parametrize("stopping", [False, True])
+def test_a_forked_logger_yields_only_while_it_keeps_up(tmp_path, monkeypatch, stopping):
+    """With LOGGER_CATCH_UP (2) or more runs waiting, or once the sweep has ended, the logger
+    runs at the jobs' priority; with one run waiting it takes only idle cores. A logger that is
+    not a forked process (a thread) never touches the scheduling."""
+    from omegaconf import OmegaConf
+
+    from backdoor_study import sweep as sweep_mod
+
+    calls: list[bool] = []
+    monkeypatch.setattr(sweep_mod, "_schedule", lambda idle: calls.append(idle))
+    folder = tmp_path / "records"
+    folder.mkdir()
+    logged: list[str] = []
+    for yields in (True, False):
+        for i in range(3):
+            path = folder / f"{i}.json"
+            path.write_text(json.dumps({"i": i}))
+            os.utime(path, (1000 + i, 1000 + i))  # oldest first: 0, 1, 2
+        logger = sweep_mod.SweepLogger(OmegaConf.create({}), folder, process=False)
+        logger._yields = yields
+        if stopping:
+            logger._stop.set()
+        monkeypatch.setattr(logger, "_log", lambda record: logged.append(record["i"]))
+        logger.log_records()
+    assert logged == [0, 1, 2, 0, 1, 2]
+    assert calls == ([False, False, False] if stopping else [False, False, True])
