@@ -509,3 +509,46 @@ def test_a_run_log_holds_only_its_own_threads_records(tmp_path):
     text = (tmp_path / "train.log").read_text()
     assert "before the run directory exists" in text and "the run's own line" in text
     assert "another thread's line" not in text
+
+
+def test_a_redrawn_confusion_figure_is_the_png_of_a_new_one(tmp_path):
+    """confusion_figures keeps one figure per shape and redraws it for each run (a sweep's
+    logger draws one per run): the PNG must be byte for byte a new figure's, with nothing of the
+    previous run left on it."""
+    import io
+
+    import numpy as np
+    import pandas as pd
+
+    from backdoor_study.utils import write_json
+
+    def run(name: str, seed: int, triggered: bool = True) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        rng = np.random.default_rng(seed)
+        y, p = rng.integers(0, 2, 200), rng.random(200)
+        frame = {"y_true": y, "pred": (p > 0.4).astype(int), "prob_0": 1 - p, "prob_1": p}
+        if triggered:
+            q = rng.random(200) ** (seed + 1)
+            frame |= {"prob_triggered_0": 1 - q, "prob_triggered_1": q}
+        pd.DataFrame(frame).to_parquet(folder / "predictions.parquet")
+        write_json(folder / rundir.METRICS_FILE, {"decision_threshold": 0.4})
+        return folder
+
+    def png(folder: Path) -> bytes:
+        (figure,) = tracking.confusion_figures(folder).values()
+        buf = io.BytesIO()
+        figure.savefig(buf, format="png")
+        return buf.getvalue()
+
+    a, b, clean = run("a", 1), run("b", 2), run("clean", 3, triggered=False)
+    tracking._figures.__dict__.pop("by_shape", None)
+    new_b = png(b)
+    tracking._figures.__dict__.pop("by_shape", None)
+    new_clean = png(clean)
+    tracking._figures.__dict__.pop("by_shape", None)
+    redrawn = [png(a), png(clean), png(b), png(clean)]
+    assert redrawn[0] != new_b
+    assert redrawn[2] == new_b and redrawn[1] == redrawn[3] == new_clean
+    shared = tracking.confusion_figures(a)["confusion_matrices"]
+    assert tracking.confusion_figures(b)["confusion_matrices"] is shared
