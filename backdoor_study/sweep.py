@@ -39,6 +39,7 @@ that trains it; ``sync`` logs any run directory.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import logging.handlers
 import multiprocessing
@@ -460,6 +461,10 @@ class _LoggerProcess:
             _import_logging_modules()
         except Exception:  # noqa: BLE001 - imported again where used, and reported there
             pass
+        # what the imports made lives as long as the process: out of the collector's way, so a
+        # full collection no longer walks MLflow's, SQLAlchemy's and matplotlib's modules
+        # (measured: 83 -> 75 ms of CPU per logged demo run)
+        gc.freeze()
         imports_cpu_s = time.thread_time() - cpu0
         while not self.go_in.poll(0.5):
             if os.getppid() != self.launcher_pid:
