@@ -284,7 +284,8 @@ def main() -> None:
         type=int,
         default=1,
         help="measure each (grid, workers) pair of sweeps this many times, interleaved "
-        "(none, mlflow, none, mlflow, ...), and print every pair's overhead and their median",
+        "(none, mlflow, mlflow, none, none, mlflow, ...: every other pair in the opposite "
+        "order), and print every pair's overhead and their median",
     )
     a = p.parse_args()
     common = ["trainer.progress=false"]
@@ -314,7 +315,10 @@ def main() -> None:
         for grid in a.grids:
             for workers in a.workers:
                 for repeat in range(a.repeats):
-                    for tracking in ("none", "mlflow"):
+                    # every other pair in the opposite order, so that a machine slowly getting
+                    # faster or slower does not favour the sweep that always runs second
+                    order = ("none", "mlflow") if repeat % 2 == 0 else ("mlflow", "none")
+                    for tracking in order:
                         mode = a.sweep_logging if tracking == "mlflow" else None
                         key = (grid, workers, tracking, mode, repeat)
                         r = next((d for d in done if saved_key(d) == key), None)
