@@ -862,9 +862,8 @@ def confusion_figures(run_dir: Path) -> dict[str, Any]:
 
     The figure is valid until this thread's next call: each thread keeps one figure per number
     of panels and labels and redraws its matrices, which a sweep's logger does once per run.
-    Making the figure and its axes was a third of the logger's time per demo run (38 -> 24 ms
-    with the PNG); the PNG is byte for byte that of a new figure
-    (``tests/test_tracking.py``)."""
+    Making a new figure and its axes took about a quarter of the logger's CPU per demo run
+    (23 -> 7 ms); the PNG is byte for byte that of a new figure (``tests/test_tracking.py``)."""
     import matplotlib
 
     matplotlib.use("Agg")
