@@ -851,7 +851,14 @@ def train_run_id(run_dir: str | Path) -> tuple[str | None, str | None]:
     return recorded.get("run_id"), recorded.get("tracking_uri")
 
 
-_figures = threading.local()  # each thread's confusion-matrix figures, by panels and labels
+class _Figures(threading.local):
+    """Each thread's confusion-matrix figures, by (panels, labels)."""
+
+    def __init__(self) -> None:
+        self.by_shape: dict[tuple[int, int], tuple[Any, Any]] = {}
+
+
+_figures = _Figures()
 
 
 def confusion_figures(run_dir: Path) -> dict[str, Any]:
@@ -884,11 +891,11 @@ def confusion_figures(run_dir: Path) -> dict[str, Any]:
     triggered_cols = [f"prob_triggered_{c}" for c in labels]
     if all(c in frame for c in triggered_cols):
         preds["triggered test set"] = predict(frame[triggered_cols].to_numpy(), cut)
-    cache = _figures.__dict__.setdefault("by_shape", {})
-    if (len(preds), len(labels)) not in cache:
+    shape = (len(preds), len(labels))
+    if shape not in _figures.by_shape:
         fig = Figure(figsize=(4 * len(preds), 3.6), dpi=72)
-        cache[len(preds), len(labels)] = fig, fig.subplots(1, len(preds), squeeze=False)[0]
-    fig, axes = cache[len(preds), len(labels)]
+        _figures.by_shape[shape] = fig, fig.subplots(1, len(preds), squeeze=False)[0]
+    fig, axes = _figures.by_shape[shape]
     for ax, (title, pred) in zip(axes, preds.items()):
         for artist in [*ax.images, *ax.texts]:  # the previous run's matrix
             artist.remove()

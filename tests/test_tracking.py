@@ -542,11 +542,11 @@ def test_a_redrawn_confusion_figure_is_the_png_of_a_new_one(tmp_path):
         return buf.getvalue()
 
     a, b, clean = run("a", 1), run("b", 2), run("clean", 3, triggered=False)
-    tracking._figures.__dict__.pop("by_shape", None)
+    tracking._figures.by_shape.clear()
     new_b = png(b)
-    tracking._figures.__dict__.pop("by_shape", None)
+    tracking._figures.by_shape.clear()
     new_clean = png(clean)
-    tracking._figures.__dict__.pop("by_shape", None)
+    tracking._figures.by_shape.clear()
     redrawn = [png(a), png(clean), png(b), png(clean)]
     assert redrawn[0] != new_b
     assert redrawn[2] == new_b and redrawn[1] == redrawn[3] == new_clean
