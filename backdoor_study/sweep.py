@@ -535,13 +535,16 @@ def dismiss_prewarmed() -> None:
 
 
 def _schedule(idle: bool) -> None:
-    """Put this process (the sweep's forked logger) under ``SCHED_IDLE`` (it runs only where a
-    core would otherwise idle) or back under the normal policy at its own niceness. An idle
-    logger that fell behind would leave a backlog for the sweep's end, logged on one core while
-    the other idles (measured at niceness +10, which cannot be undone without privileges: the
-    demo sweep's end waited 0.6-1.0 s); this one is raised as soon as ``LOGGER_CATCH_UP`` runs
-    wait, and the rest of its CPU is taken from the jobs while they run. Linux; a no-op where
-    the policy cannot be set."""
+    """Put the calling thread (the sweep's forked logger) under ``SCHED_IDLE`` (it runs only
+    where a core would otherwise idle) or back under the normal policy at its own niceness. An
+    idle logger that fell behind would leave a backlog for the sweep's end; this one is raised
+    as soon as ``LOGGER_CATCH_UP`` runs wait, and the rest of its CPU is taken from the jobs
+    while they run. Going back needs CAP_SYS_NICE or an RLIMIT_NICE that allows the thread's
+    niceness, which an ordinary user usually lacks (the way there needs none): there the logger
+    stays idle, and logs what it could not log during the sweep at its end. A logger at the
+    jobs' priority throughout cost more (demo preset, 2 workers: +8.6% of the sweep's wall
+    time against +6.0 to +7.0%, run 9 of ``docs/results_sweeps.md``). Linux; a no-op where the policy
+    cannot be set."""
     policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
     with contextlib.suppress(OSError):
         if os.sched_getscheduler(0) != policy:
