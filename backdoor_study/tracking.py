@@ -383,7 +383,15 @@ class MlflowTracker(Tracker):
             # poisoning: ours is a sha256 over every array (ClinicalDataset.digest()).
             ds = MetaDataset(_data_source(source), name=name, digest=short)
             tags = [InputTag("mlflow.data.context", context), InputTag(f"{TAG}data_digest", digest)]
-            self.client.log_inputs(self.run_id, [DatasetInput(ds._to_mlflow_entity(), tags)])
+            inputs = [DatasetInput(ds._to_mlflow_entity(), tags)]
+            try:
+                self.client.log_inputs(self.run_id, inputs)
+            except Exception:  # noqa: BLE001 - tried once more; a second failure is _guard's
+                # MLflow's SQL store looks the dataset up, then inserts it: a process that logs
+                # the same new dataset in between (jobs logging their own runs, finishing
+                # together) makes this insert fail (UNIQUE constraint), rolled back. The dataset
+                # is in the store now, and a second try only links it to this run.
+                self.client.log_inputs(self.run_id, inputs)
             self._datasets.add(short)
 
     def end(self, status: str) -> None:

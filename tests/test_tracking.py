@@ -552,3 +552,64 @@ def test_a_redrawn_confusion_figure_is_the_png_of_a_new_one(tmp_path):
     assert redrawn[2] == new_b and redrawn[1] == redrawn[3] == new_clean
     shared = tracking.confusion_figures(a)["confusion_matrices"]
     assert tracking.confusion_figures(b)["confusion_matrices"] is shared
+
+
+def test_a_dataset_logged_by_another_process_in_between_is_linked_not_lost(store):
+    """MLflow's SQL store looks a dataset up, then inserts it: a second process logging the same
+    new dataset in between (jobs that log their own runs and finish together) makes the insert
+    fail with a UNIQUE constraint. Here the other process's dataset is in the store and our
+    first lookup is made to miss it, as it would have a moment earlier: the insert fails in the
+    database, and the tracker's second try links the dataset instead of giving up on the run."""
+    import contextlib
+
+    from mlflow.store.tracking import sqlalchemy_store
+    from mlflow.store.tracking.dbmodels.models import SqlDataset
+
+    client = MlflowClient(store)
+    exp_id = client.create_experiment(f"race-{time.time_ns()}")
+    ours, theirs = (
+        tracking.MlflowTracker(client, client.create_run(exp_id).info.run_id, store, new=True)
+        for _ in range(2)
+    )
+    source = {"uri": "data/cohort.parquet"}
+    theirs.log_dataset("cohort", "d" * 64, source, "train")
+
+    class Missed:  # the lookup made before the other process inserted the dataset
+        def filter(self, *args):
+            return self
+
+        def all(self):
+            return []
+
+    impl = sqlalchemy_store.SqlAlchemyStore._log_inputs_impl
+    tries: list[bool] = []
+
+    def looked_up_too_early(self, *args, **kwargs):
+        tries.append(True)
+        if len(tries) > 1:
+            return impl(self, *args, **kwargs)
+        real = self.ManagedSessionMaker
+
+        @contextlib.contextmanager
+        def sessions(*a, **k):
+            with real(*a, **k) as session:
+                query = session.query
+                session.query = lambda entity, *rest: (
+                    Missed() if entity is SqlDataset else query(entity, *rest)
+                )
+                yield session
+
+        self.ManagedSessionMaker = sessions
+        try:
+            return impl(self, *args, **kwargs)
+        finally:
+            self.ManagedSessionMaker = real
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sqlalchemy_store.SqlAlchemyStore, "_log_inputs_impl", looked_up_too_early)
+        ours.log_dataset("cohort", "d" * 64, source, "train")
+    assert len(tries) == 2  # the first insert failed in the database
+    assert not ours.failed and not theirs.failed
+    for tracker in (ours, theirs):
+        inputs = client.get_run(tracker.run_id).inputs.dataset_inputs
+        assert [d.dataset.name for d in inputs] == ["cohort"]
