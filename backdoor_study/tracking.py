@@ -369,6 +369,7 @@ class MlflowTracker(Tracker):
     def log_dataset(self, name: str, digest: str, source: dict[str, Any], context: str) -> None:
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
+        from mlflow.exceptions import MlflowException
 
         with self._guard():
             if self.failed:
@@ -386,7 +387,7 @@ class MlflowTracker(Tracker):
             inputs = [DatasetInput(ds._to_mlflow_entity(), tags)]
             try:
                 self.client.log_inputs(self.run_id, inputs)
-            except Exception:  # noqa: BLE001 - tried once more; a second failure is _guard's
+            except MlflowException:  # tried once more; a second failure is _guard's
                 # MLflow's SQL store looks the dataset up, then inserts it: a process that logs
                 # the same new dataset in between (jobs logging their own runs, finishing
                 # together) makes this insert fail (UNIQUE constraint), rolled back. The dataset
