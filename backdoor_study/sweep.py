@@ -68,7 +68,8 @@ SWEEP_ENV = "BACKDOOR_STUDY_SWEEP_ID"
 LOGGING_ENV = "BACKDOOR_STUDY_SWEEP_LOGGING"
 FAILURES_DIR = ".sweep_failures"
 # The forked logger runs only on an idle core (SCHED_IDLE) while it keeps up with the jobs, and
-# at the jobs' own priority once this many finished runs wait for it (or the sweep has ended).
+# at the jobs' own priority once this many finished runs wait for it (or the sweep has ended),
+# where the user may raise it again (see _schedule).
 LOGGER_CATCH_UP = 2
 FINISHED_DIR = ".sweep_finished"
 
@@ -543,8 +544,8 @@ def _schedule(idle: bool) -> None:
     niceness, which an ordinary user usually lacks (the way there needs none): there the logger
     stays idle, and logs what it could not log during the sweep at its end. A logger at the
     jobs' priority throughout cost more (demo preset, 2 workers: +8.6% of the sweep's wall
-    time against +6.0 to +7.0%, run 9 of ``docs/results_sweeps.md``). Linux; a no-op where the policy
-    cannot be set."""
+    time against +6.0 to +7.0%, run 9 of ``docs/results_sweeps.md``). Linux; a no-op where
+    the policy cannot be set."""
     policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
     with contextlib.suppress(OSError):
         if os.sched_getscheduler(0) != policy:
