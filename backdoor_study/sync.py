@@ -65,7 +65,7 @@ def log_run_dir(
     client, exp_id = store
     logged = already = 0
     wanted = None if only is None else (only[0], Path(only[1]).resolve())
-    for kind, stage_dir, digest, log_it in _records(holder, run_dir):
+    for kind, stage_dir, digest, log_it in _records(holder, run_dir, store):
         if wanted is not None and (kind, Path(stage_dir).resolve()) != wanted:
             continue
         found = tracking.find_run(client, exp_id, kind, stage_dir, digest)
@@ -80,12 +80,13 @@ def log_run_dir(
 
 
 def _records(
-    holder: DictConfig, run_dir: Path
+    holder: DictConfig, run_dir: Path, store: tuple[Any, str]
 ) -> Iterator[tuple[str, Path, str, Callable[[Any], None]]]:
     """What one training run directory holds to log: (kind, directory, digest, how to log it) for
     the training run, its eval, its detections and its sanitize results (lazily: a caller that
     stops after the training run reads nothing more). How to log it takes the MLflow run the
-    store already has for it (unfinished), or None."""
+    store already has for it (unfinished), or None; it logs through ``store`` (client,
+    experiment id), which the caller has open."""
     metadata = read_json(run_dir / rundir.METADATA_FILE)
     digest = metadata["config_digest"]
     run_cfg = OmegaConf.load(run_dir / rundir.RESOLVED_CONFIG_FILE)
@@ -93,7 +94,13 @@ def _records(
 
         def classic_run(found: Any) -> None:
             with tracking.start(
-                holder, "classic", run_dir, config_digest=digest, run_cfg=run_cfg, found=found
+                holder,
+                "classic",
+                run_dir,
+                config_digest=digest,
+                run_cfg=run_cfg,
+                found=found,
+                store=store,
             ) as t:
                 tracking.log_classic_dir(t, run_dir)
 
@@ -112,12 +119,19 @@ def _records(
             run_cfg=run_cfg,
             parent_run_id=parent,
             found=found,
+            store=store,
         ) as tracker:
             tracking.log_stage_run(tracker, run_dir, metrics, files, run_cfg=run_cfg)
 
     def train_run(found: Any) -> None:
         with tracking.start(
-            holder, "train", run_dir, config_digest=digest, run_cfg=run_cfg, found=found
+            holder,
+            "train",
+            run_dir,
+            config_digest=digest,
+            run_cfg=run_cfg,
+            found=found,
+            store=store,
         ) as t:
             tracking.log_train_run(
                 t, run_dir, log_model=bool(holder.tracking.get("log_model")), run_cfg=run_cfg

@@ -180,7 +180,7 @@ def test_launcher_logging_keeps_mlflow_out_of_the_jobs_and_logs_what_jobs_would(
         assert meta["mlflow"]["run_id"] == run.info.run_id
         logged_run = by_launcher[run.info.run_name]
         assert [step for step, _ in logged_run["metrics"]["val_auroc"]] == [1, 2]
-        assert {"config_resolved.yaml", "history.csv", "figures/confusion_matrices.png"} <= set(
+        assert {"config_resolved.yaml", "history.csv", "figures/confusion_matrices.svg"} <= set(
             logged_run["artifacts"]
         )
         assert len(logged_run["inputs"]) == 1

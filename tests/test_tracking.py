@@ -111,7 +111,7 @@ def test_train_and_eval_are_logged_once_and_linked(cohort, store, tmp_path, trac
     artifacts = {a.path for a in client.list_artifacts(only.info.run_id)}
     assert {"config_resolved.yaml", "run_metadata.json", "experiment_summary.csv"} <= artifacts
     figures = {a.path for a in client.list_artifacts(only.info.run_id, "figures")}
-    assert figures == {"figures/confusion_matrices.png"}  # clean and triggered test set
+    assert figures == {"figures/confusion_matrices.svg"}  # clean and triggered test set
     (data_input,) = only.inputs.dataset_inputs
     assert data_input.dataset.digest == meta["data"]["digest"][:36]
     assert {t.key: t.value for t in data_input.tags}["backdoor_study.data_digest"] == (
@@ -390,7 +390,7 @@ def test_the_launching_process_logs_recorded_runs_as_train_and_eval_would(
     history = MlflowClient(store).get_metric_history(trained.info.run_id, "val_auroc")
     assert sorted(m.step for m in history) == [1, 2]
     figures = MlflowClient(store).list_artifacts(trained.info.run_id, "figures")
-    assert [a.path for a in figures] == ["figures/confusion_matrices.png"]
+    assert [a.path for a in figures] == ["figures/confusion_matrices.svg"]
     assert runs["eval"].data.tags["mlflow.parentRunId"] == trained.info.run_id
     (line,) = [r.getMessage() for r in caplog.records if "tracking-time sweep" in r.getMessage()]
     assert "the launching process logged 2 runs in" in line
@@ -511,10 +511,10 @@ def test_a_run_log_holds_only_its_own_threads_records(tmp_path):
     assert "another thread's line" not in text
 
 
-def test_a_redrawn_confusion_figure_is_the_png_of_a_new_one(tmp_path):
+def test_a_redrawn_confusion_figure_is_the_svg_of_a_new_one(tmp_path):
     """confusion_figures keeps one figure per shape and redraws it for each run (a sweep's
-    logger draws one per run): the PNG must be byte for byte a new figure's, with nothing of the
-    previous run left on it."""
+    logger draws one per run): the figure it logs (``save_figure``'s SVG) must be byte for byte a
+    new figure's, with nothing of the previous run left on it, and its text must be text."""
     import io
 
     import numpy as np
@@ -535,19 +535,20 @@ def test_a_redrawn_confusion_figure_is_the_png_of_a_new_one(tmp_path):
         write_json(folder / rundir.METRICS_FILE, {"decision_threshold": 0.4})
         return folder
 
-    def png(folder: Path) -> bytes:
+    def saved(folder: Path) -> bytes:
         (figure,) = tracking.confusion_figures(folder).values()
         buf = io.BytesIO()
-        figure.savefig(buf, format="png")
+        tracking.save_figure(figure, buf)
         return buf.getvalue()
 
     a, b, clean = run("a", 1), run("b", 2), run("clean", 3, triggered=False)
     tracking._figures.by_shape.clear()
-    new_b = png(b)
+    new_b = saved(b)
+    assert b"<svg" in new_b and b"triggered test set</text>" in new_b
     tracking._figures.by_shape.clear()
-    new_clean = png(clean)
+    new_clean = saved(clean)
     tracking._figures.by_shape.clear()
-    redrawn = [png(a), png(clean), png(b), png(clean)]
+    redrawn = [saved(a), saved(clean), saved(b), saved(clean)]
     assert redrawn[0] != new_b
     assert redrawn[2] == new_b and redrawn[1] == redrawn[3] == new_clean
     shared = tracking.confusion_figures(a)["confusion_matrices"]
