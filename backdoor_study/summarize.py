@@ -103,7 +103,7 @@ def register_marker(filename: str) -> Callable[[Reader], Reader]:
 # --------------------------------------------------------------------------------------- readers
 def config_columns(run_dir: Path) -> dict[str, Any]:
     """The config columns of a training run directory (from its ``config_resolved.yaml``)."""
-    cfg = OmegaConf.load(run_dir / rundir.RESOLVED_CONFIG_FILE)
+    cfg = rundir.load_run_config(run_dir)
     return {col: OmegaConf.select(cfg, key, default=None) for col, key in CONFIG_KEYS.items()}
 
 

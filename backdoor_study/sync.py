@@ -89,7 +89,7 @@ def _records(
     experiment id), which the caller has open."""
     metadata = read_json(run_dir / rundir.METADATA_FILE)
     digest = metadata["config_digest"]
-    run_cfg = OmegaConf.load(run_dir / rundir.RESOLVED_CONFIG_FILE)
+    run_cfg = rundir.read_run_config(run_dir)  # read only: plain dicts, no DictConfig
     if "study" in metadata:  # a run of the classic study (backdoor_study.classic)
 
         def classic_run(found: Any) -> None:

@@ -517,7 +517,7 @@ def _open_run(
     cfg: DictConfig,
     kind: str,
     run_dir: Path,
-    run_cfg: DictConfig,
+    run_cfg: DictConfig | dict[str, Any],
     config_digest: str,
     parent_run_id: str | None,
     recorded_uri: str | None,
@@ -566,7 +566,7 @@ def start(
     run_dir: str | Path,
     *,
     config_digest: str,
-    run_cfg: DictConfig | None = None,
+    run_cfg: DictConfig | dict[str, Any] | None = None,
     parent_run_id: str | None = None,
     recorded_uri: str | None = None,
     found: Any = SEARCH,
@@ -639,7 +639,7 @@ def log_train_run(
     tracker: Tracker,
     run_dir: str | Path,
     log_model: bool = False,
-    run_cfg: DictConfig | None = None,
+    run_cfg: DictConfig | dict[str, Any] | None = None,
 ) -> None:
     """Log a completed training run directory: tags, per-epoch history, final metrics, artifacts,
     confusion matrices, the dataset input; then record the MLflow run id in run_metadata.json.
@@ -649,7 +649,7 @@ def log_train_run(
     run_dir = Path(run_dir)
     metadata = read_json(run_dir / rundir.METADATA_FILE)
     if run_cfg is None:
-        run_cfg = OmegaConf.load(run_dir / rundir.RESOLVED_CONFIG_FILE)
+        run_cfg = rundir.read_run_config(run_dir)
     tracker.set_tags(run_tags(run_cfg, metadata))
     history = run_dir / "history.csv"
     if history.exists():
@@ -679,7 +679,7 @@ def log_stage_run(
     run_dir: str | Path,
     metrics: dict[str, Any],
     files: Iterable[Path],
-    run_cfg: DictConfig | None = None,
+    run_cfg: DictConfig | dict[str, Any] | None = None,
 ) -> None:
     """Log what a later stage (eval, detect, sanitize) made of training run ``run_dir``: the
     training run's tags, the stage's numeric metrics (nested keys dotted) and its files.
@@ -688,7 +688,7 @@ def log_stage_run(
         return
     run_dir = Path(run_dir)
     if run_cfg is None:
-        run_cfg = OmegaConf.load(run_dir / rundir.RESOLVED_CONFIG_FILE)
+        run_cfg = rundir.read_run_config(run_dir)
     tracker.set_tags(
         run_tags(
             run_cfg,
@@ -802,7 +802,7 @@ def log_classic_dir(tracker: Tracker, run_dir: str | Path) -> None:
     run_dir = Path(run_dir)
     metadata = read_json(run_dir / rundir.METADATA_FILE)
     metrics = read_json(run_dir / rundir.METRICS_FILE)
-    run_cfg = OmegaConf.load(run_dir / rundir.RESOLVED_CONFIG_FILE)
+    run_cfg = rundir.load_run_config(run_dir)
     if metadata.get("study") == "single":
         log_classic_run(tracker, run_dir, classic_params(run_cfg, metadata, metrics))
         if (run_dir / "model").is_dir():
@@ -835,7 +835,7 @@ def log_classic_run(
         return
     run_dir = Path(run_dir)
     metadata = read_json(run_dir / rundir.METADATA_FILE)
-    run_cfg = OmegaConf.load(run_dir / rundir.RESOLVED_CONFIG_FILE)
+    run_cfg = rundir.load_run_config(run_dir)
     tracker.set_tags(classic_tags(run_cfg, metadata))
     tracker.log_params(
         {k: json.dumps(v) if not isinstance(v, str) else v for k, v in params.items()}

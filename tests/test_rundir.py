@@ -83,6 +83,34 @@ def test_load_run_rebuilds_what_the_model_was_trained_on(cohort, tmp_path):
     assert loaded.checkpoint == Path(cfg.run_dir) / "final_model.pt"
 
 
+def test_a_run_config_reads_as_omegaconf_loads_it(cohort, tmp_path):
+    """read_run_config parses with libyaml under OmegaConf's YAML rules: the same objects, of the
+    same types, as OmegaConf.load gives, for a whole config and for values whose YAML type is
+    easy to get wrong; and the same config identity (the digest runs are matched by)."""
+    import yaml
+
+    cfg = make_cfg(cohort, tmp_path, "trigger=rare_value", "poison_rate=0.05")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    path = run_dir / rundir.RESOLVED_CONFIG_FILE
+    path.write_text(
+        OmegaConf.to_yaml(cfg, resolve=True)
+        + "tricky:\n  a: 1e-3\n  b: 1.0e-05\n  c: '1e-3'\n  d: .inf\n  e: 2026-12-07\n"
+        + "  f: null\n  g: [1, 2.5, x]\n  h: 1_000\n  i: yes\n  j: '0.5'\n  k: 7\n"
+    )
+    loaded = OmegaConf.load(path)
+    plain = rundir.read_run_config(run_dir)
+    assert plain == OmegaConf.to_container(loaded)
+    assert repr(plain) == repr(OmegaConf.to_container(loaded))  # types too: 7, 7.0 and '7' differ
+    assert plain["tricky"]["a"] == 0.001 and plain["tricky"]["e"] == "2026-12-07"
+    assert rundir.load_run_config(run_dir) == loaded
+    assert rundir.config_identity(plain) == rundir.config_identity(loaded)
+    assert digest_of(loaded) == sha256_json(rundir.config_identity(plain))
+    path.write_text("a: 1\na: 2\n")
+    with pytest.raises(yaml.constructor.ConstructorError, match="duplicate key a"):
+        rundir.read_run_config(run_dir)
+
+
 def test_load_run_refuses_what_is_not_a_finished_run(cohort, tmp_path):
     with pytest.raises(RunDirError, match="does not exist"):
         rundir.load_run(tmp_path / "nope")
