@@ -885,7 +885,9 @@ def save_figure(figure: Any, target: Any) -> None:
     training run, and nearly all of that figure's drawing is its text (counts, ticks, titles).
     Rasterising the glyphs and encoding the PNG took 40 ms of CPU per demo run, the SVG takes
     23 ms (2026-12-07, this figure), a sixth of what logging a run costs. The MLflow UI shows
-    SVG artifacts as images."""
+    SVG artifacts as images. The two settings are matplotlib rcParams, which are process-wide
+    while the figure is saved: where the sweep's logger is a thread (no fork: not Linux), an SVG
+    that a job saves at the same moment takes them too (text as text, ids from the fixed salt)."""
     import matplotlib
 
     with matplotlib.rc_context(_SVG_SETTINGS):
