@@ -21,6 +21,8 @@ from backdoor_study import detect, rundir, sanitize, train
 from backdoor_study.config import CONF_DIR, DETECTOR_SCHEMAS, ConfigError
 from backdoor_study.data.schema import DataValidationError, write_parquet
 from backdoor_study.detectors import DETECTORS, build_detector
+from backdoor_study.detectors.spectral import principal_projections
+from backdoor_study.detectors.spectre import que_scores
 from tests.conftest import REPO_ROOT, make_tiny_dataset
 
 # rare_value on Temp in the last third of a 12-step stay: implants reliably on the tiny cohort
@@ -396,10 +398,35 @@ def test_feature_probes_script_reports_the_poison_direction(runs):
     """scripts/feature_probes.py (docs/detection_findings.md): a supervised probe finds the
     poison in the penultimate features, and the clean-twin controls run."""
     probes = runpy.run_path(str(REPO_ROOT / "scripts" / "feature_probes.py"), run_name="probes")
-    line = probes["probe_run"](runs["mlp"], True, [8])
+    line = probes["probe_run"](runs["mlp"], True, [8], saliency=True)
     fields = dict(
         part.rsplit(" ", 1) for part in line.split(": ", 1)[1].split(" | ") if "(" not in part
     )
     assert float(fields["probe"]) > 0.9  # the trigger is a direction any model's features carry
     assert 0.0 <= float(fields["poisoned in spectre's robust core"]) <= 1.0
     assert {"spectre", "spectre k=8", "probe clean model", "probe untriggered"} <= set(fields)
+    for name in ("spectre oracle", "spectre oracle alpha=4", "saliency"):
+        assert 0.0 <= float(fields[name]) <= 1.0, name
+    assert np.isfinite(float(fields["trigger effect median"]))
+    assert "spearman(trigger effect, saliency)" in line
+    with pytest.raises(SystemExit, match="clean twin"):  # the LSTM was trained without one
+        probes["probe_run"](runs["lstm"], False, [], saliency=True)
+
+
+def test_feature_probes_oracle_whitens_with_the_clean_rows_alone():
+    """The oracle spectre of scripts/feature_probes.py scores as spectre would with the clean
+    rows' own mean and covariance (any whitening root: QUE does not change under a rotation)."""
+    probes = runpy.run_path(str(REPO_ROOT / "scripts" / "feature_probes.py"), run_name="probes")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((800, 24)) @ rng.standard_normal((24, 24))
+    poisoned = np.zeros(800, dtype=bool)
+    poisoned[:40] = True
+    x[:40] += 3.0 * rng.standard_normal(24)
+    z = principal_projections(x, 16)
+    clean = z[~poisoned]
+    evals, evecs = np.linalg.eigh(np.cov(clean, rowvar=False))
+    white = (z - clean.mean(axis=0)) @ (evecs / np.sqrt(evals)) @ evecs.T
+    for alpha in (1.0, 4.0):
+        want = roc_auc_score(poisoned, que_scores(white, alpha))
+        assert probes["oracle_spectre"](x, poisoned, alpha) == pytest.approx(want, abs=1e-12)
+    assert probes["oracle_spectre"](x, poisoned, 4.0) > 0.95
