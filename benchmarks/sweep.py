@@ -23,7 +23,10 @@ the sweep's logger (``sweep.SweepLogger``: a process forked from the launching o
 beside the training: they cost the sweep wall time only where the cores are busy (2 workers on 2
 cores), so with launcher logging the wall ratio is the measure of what tracking costs. The
 logger's CPU seconds and how long the sweep's end waited for its last runs are printed beside
-them. Each grid's synthetic cohort
+them. Every tracked sweep is also checked for what the issue requires of it: as many MLflow runs
+in its store as run directories (else the benchmark stops and prints the sweep's output); the
+records of runs the store already held (a run that one job trained and another skipped) are
+counted beside it. Each grid's synthetic cohort
 is generated before the timings, and so is the empty-store template that every new SQLite store
 copies (``tracking.store_template``, made once per machine and MLflow version; its time is
 printed). ``--epochs`` /
@@ -190,7 +193,18 @@ def sweep(
     launcher_runs = sum(
         int(n) for n in re.findall(rf"{TRACKING_TIME_LOG} sweep: .* logged (\d+) runs", output)
     )
+    already = re.findall(rf"{TRACKING_TIME_LOG} sweep: .* \((\d+) already logged", output)
     launcher_cpu = re.findall(rf"{TRACKING_TIME_LOG} sweep: .* ([0-9.]+) s of CPU", output)
+    mlflow_runs = None
+    if tracking == "mlflow":
+        # the issue's invariant, checked on every measured sweep: N run directories, N MLflow
+        # runs (a second record of a run, from a job that skipped it, is "already logged")
+        mlflow_runs = count_mlflow_runs(runs_root)
+        if mlflow_runs != len(runs):
+            raise SystemExit(
+                f"sweep {grid} w{workers} {tracking}: {len(runs)} run directories but "
+                f"{mlflow_runs} MLflow runs in {runs_root}:\n{output[-3000:]}"
+            )
     launcher_wait = re.findall(rf"{TRACKING_TIME_LOG} sweep: .* end waited ([0-9.]+) s", output)
     return {
         "grid": grid,
@@ -203,12 +217,25 @@ def sweep(
         # seconds inside MLflow, timed by whichever process spent them (TRACKING_TIME_LOG lines)
         "tracking_s": sum(per_run) + sum(launcher),
         "tracked_runs": len(per_run) + launcher_runs,
+        # records of runs the store held already (logged by the record another job left)
+        "already_logged": sum(int(n) for n in already),
+        "mlflow_runs": mlflow_runs,
         "store_s": sum(store),
         # the sweep's logger (launcher logging): CPU seconds, store included
         "launcher_cpu_s": sum(float(c) for c in launcher_cpu) if launcher_cpu else None,
         # how long the sweep's end waited for the logger's last runs (on the wall clock)
         "launcher_wait_s": sum(float(w) for w in launcher_wait) if launcher_wait else None,
     }
+
+
+def count_mlflow_runs(runs_root: Path) -> int:
+    """The MLflow runs in the store of a sweep into ``runs_root`` (its default SQLite store),
+    every experiment and status."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs_root / 'mlflow.db'}")
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return len(client.search_runs(ids, max_results=50_000)) if ids else 0
 
 
 def logged_seconds(text: str, what: str) -> list[float]:
@@ -393,6 +420,12 @@ def main() -> None:
                 f"{100 * inside / (none['wall_s'] * workers):4.1f}%  (store {mlf['store_s']:.1f} s, "
                 f"{mlf['tracked_runs']} runs {mlf['tracking_s']:.1f} s, "
                 f"{mlf['tracking_s'] / max(mlf['tracked_runs'], 1):.2f} s per run)"
+                + (
+                    f"; in the store {n} MLflow runs ({mlf['already_logged']} records of runs "
+                    "it held already)"
+                    if (n := mlf.get("mlflow_runs")) is not None
+                    else ""
+                )
                 + (
                     f"; the sweep's logger: {cpu:.1f} s of CPU, and the "
                     f"sweep's end waited {mlf['launcher_wait_s']:.1f} s for it"
