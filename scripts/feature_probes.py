@@ -57,7 +57,7 @@ from backdoor_study import rundir
 from backdoor_study.detectors import build_detector
 from backdoor_study.detectors.spectral import principal_projections
 from backdoor_study.detectors.spectre import que_scores, robust_core
-from backdoor_study.training import penultimate_features
+from backdoor_study.training import penultimate_features, predict_proba
 
 N_COMPONENTS = 16
 
@@ -100,18 +100,11 @@ def oracle_spectre(x: np.ndarray, target: np.ndarray, alpha: float) -> float:
     return float(roc_auc_score(target, que_scores(white, alpha)))
 
 
-@torch.no_grad()
 def target_log_odds(model: torch.nn.Module, batch: dict, target_label: int) -> np.ndarray:
-    """(N,) the model's log-odds of ``target_label``: its logit minus the log-sum-exp of the
-    others (for two classes, the difference of the two logits)."""
-    model.eval()
-    out = []
-    n = batch["x"].shape[0]
-    for start in range(0, n, 1024):
-        logits = model({k: v[start : start + 1024] for k, v in batch.items()})
-        others = torch.cat([logits[:, :target_label], logits[:, target_label + 1 :]], dim=1)
-        out.append((logits[:, target_label] - torch.logsumexp(others, dim=1)).numpy())
-    return np.concatenate(out)
+    """(N,) the model's log-odds of ``target_label``: log p(target) - log p(any other), from
+    ``training.predict_proba`` (for two classes, the difference of the two logits)."""
+    proba = predict_proba(model, batch, batch_size=1024, device="cpu")
+    return np.log(proba[:, target_label]) - np.log(np.delete(proba, target_label, axis=1).sum(1))
 
 
 def saliency_probe(
@@ -183,14 +176,13 @@ def probe_run(
         scores = build_detector("spectre", support_fraction=f).score(all_features, labels)
         parts.append(f"spectre support={f} {roc_auc_score(poisoned, scores):.3f}")
     clean = rundir.load_run(twin, device="cpu") if has_twin and (control or saliency) else None
+    clean_labels = None if clean is None else clean.prepared.labels["train"].numpy()
     if saliency:
-        clean_labels = clean.prepared.labels["train"].numpy()
         if not np.array_equal(clean_labels[~poisoned], labels[~poisoned]):
             raise SystemExit(f"{twin}'s training stays are not {run_dir}'s: cannot pair them")
         parts += saliency_probe(loaded, clean, labels, poisoned)
     if control and clean is not None:
         parts.append(f"probe clean model {probe(features(clean, batch)[in_target], p):.3f}")
-        clean_labels = clean.prepared.labels["train"].numpy()
         # the poisoned positions are deaths there: those patients against the target class
         rows = (clean_labels == target_label) | poisoned
         untriggered = features(clean, clean.prepared.batches["train"])
