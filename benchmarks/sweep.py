@@ -65,7 +65,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from backdoor_study import rundir  # noqa: E402
-from backdoor_study.tracking import TRACKING_TIME_LOG  # noqa: E402
+from backdoor_study.tracking import STORE_FILE, TRACKING_TIME_LOG  # noqa: E402
 
 GRIDS = {
     "demo": ["experiment=demo"],
@@ -195,6 +195,7 @@ def sweep(
     )
     already = re.findall(rf"{TRACKING_TIME_LOG} sweep: .* \((\d+) already logged", output)
     launcher_cpu = re.findall(rf"{TRACKING_TIME_LOG} sweep: .* ([0-9.]+) s of CPU", output)
+    launcher_wait = re.findall(rf"{TRACKING_TIME_LOG} sweep: .* end waited ([0-9.]+) s", output)
     mlflow_runs = None
     if tracking == "mlflow":
         # the issue's invariant, checked on every measured sweep: N run directories, N MLflow
@@ -205,7 +206,6 @@ def sweep(
                 f"sweep {grid} w{workers} {tracking}: {len(runs)} run directories but "
                 f"{mlflow_runs} MLflow runs in {runs_root}:\n{output[-3000:]}"
             )
-    launcher_wait = re.findall(rf"{TRACKING_TIME_LOG} sweep: .* end waited ([0-9.]+) s", output)
     return {
         "grid": grid,
         "workers": workers,
@@ -233,7 +233,7 @@ def count_mlflow_runs(runs_root: Path) -> int:
     every experiment and status."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{runs_root / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs_root / STORE_FILE}")
     ids = [e.experiment_id for e in client.search_experiments()]
     return len(client.search_runs(ids, max_results=50_000)) if ids else 0
 
